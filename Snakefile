@@ -1,0 +1,31 @@
+# mneme: predict the side effects of fine-tuning or unlearning by sparse model diffing.
+# Stages live in rules/<stage>.smk, their scripts in workflow_scripts/<rule>.py and the library
+# in workflow_scripts/mneme/. See README.md for how to run it and config/schema.yaml for the keys.
+import os
+import sys
+
+from snakemake.utils import min_version
+
+min_version("9.19")
+
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow_scripts"))
+from mneme.config import validate_config
+
+
+configfile: "config/config.yaml"
+
+
+validate_config(config, os.path.join(workflow.basedir, "config/schema.yaml"), workflow.basedir)
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/corpus.smk"
+include: "rules/activations.smk"
+
+
+rule all:
+    default_target: True
+    localrule: True
+    input:
+        all_targets(),

@@ -1,0 +1,103 @@
+# Helpers shared by the rule files: paths, per-wildcard config lookups, code inputs.
+# No rules here (snakemake --lint flags files that mix rules and functions).
+import os
+import re
+
+from mneme.config import corpus_tokenizer, resolve_path
+
+RESULTS = "results"
+ORGANISM_MODELS = [m for m, s in config["models"].items() if s["source"] == "organism"]
+PREPARED_MODELS = [m for m, s in config["models"].items() if s["source"] != "organism"]
+
+
+def code(*modules):
+    """Library modules a rule imports, as inputs, so that editing one re-runs its rules.
+
+    Absolute paths from workflow.basedir work with any --directory; small files are compared by
+    checksum, so a plain touch or checkout does not trigger a re-run.
+    """
+    return [os.path.join(workflow.basedir, "workflow_scripts", "mneme", f"{m}.py") for m in modules]
+
+
+def one_of(names):
+    """Wildcard regex matching exactly these names (or nothing when the list is empty)."""
+    return "|".join(map(re.escape, names)) if names else "(?!x)x"
+
+
+def model_dir(model):
+    return f"{RESULTS}/models/{model}"
+
+
+def logs(path):
+    return f"{RESULTS}/logs/{path}"
+
+
+def benchmarks(path):
+    return f"{RESULTS}/benchmarks/{path}"
+
+
+def model_spec(wildcards):
+    return config["models"][wildcards.model]
+
+
+def pair_checks(pairs):
+    return [f"{RESULTS}/pairs/{p}/check.json" for p in pairs]
+
+
+def pairs_using_corpus(corpus):
+    return [p for p, s in config["pairs"].items() if s["corpus"] == corpus]
+
+
+def pairs_using_store(model, corpus, layer):
+    return [
+        p
+        for p, s in config["pairs"].items()
+        if model in (s["base"], s["finetuned"]) and s["corpus"] == corpus and int(layer) == s["layer"]
+    ]
+
+
+def uses_gcide_source(corpus):
+    return any(s["kind"] == "gcide" for s in config["corpora"][corpus]["sources"])
+
+
+def gcide_params(wildcards):
+    """GCIDE settings for a corpus that reads GCIDE, else nothing (so edits do not re-run it)."""
+    if not uses_gcide_source(wildcards.corpus):
+        return {}
+    return {**config["gcide"], "categories": resolve_path(config["gcide"]["categories"], workflow.basedir)}
+
+
+def gcide_category_file(wildcards):
+    if not uses_gcide_source(wildcards.corpus):
+        return []
+    return [resolve_path(config["gcide"]["categories"], workflow.basedir)]
+
+
+def corpus_tokenizer_dir(wildcards):
+    return model_dir(corpus_tokenizer(config, wildcards.corpus))
+
+
+def store_dir(model, corpus, layer):
+    return f"{RESULTS}/activations/{model}/{corpus}/L{layer}"
+
+
+def store_shards(wildcards):
+    n = config["activations"]["n_shards"]
+    d = store_dir(wildcards.model, wildcards.corpus, wildcards.layer)
+    return [f"{d}/shard_{i}.zarr" for i in range(n)]
+
+
+def manifest(model, corpus, layer):
+    return f"{store_dir(model, corpus, layer)}/manifest.json"
+
+
+def pair_manifests(pair):
+    s = config["pairs"][pair]
+    return {role: manifest(s[role], s["corpus"], s["layer"]) for role in ("base", "finetuned")}
+
+
+def all_targets():
+    targets = []
+    for pair in config["pairs"]:
+        targets += list(pair_manifests(pair).values())
+    return targets

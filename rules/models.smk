@@ -1,0 +1,39 @@
+# prepare_model: resolve a model spec (hub id, local dir, packaged GGUF, tiny random model) into
+# results/models/{model}/ with a model card. check_pair: tokenizer/layer/width checks per pair.
+
+
+rule prepare_model:
+    input:
+        code=code("models"),
+    output:
+        directory(f"{RESULTS}/models/{{model}}"),
+    log:
+        logs("prepare_model/{model}.log"),
+    benchmark:
+        benchmarks("prepare_model/{model}.tsv")
+    wildcard_constraints:
+        model=one_of(PREPARED_MODELS),
+    conda:
+        "../envs/mneme.yaml"
+    params:
+        spec=model_spec,
+    script:
+        "../workflow_scripts/prepare_model.py"
+
+
+rule check_pair:
+    input:
+        base=lambda wc: model_dir(config["pairs"][wc.pair]["base"]),
+        finetuned=lambda wc: model_dir(config["pairs"][wc.pair]["finetuned"]),
+        code=code("models"),
+    output:
+        f"{RESULTS}/pairs/{{pair}}/check.json",
+    log:
+        logs("check_pair/{pair}.log"),
+    localrule: True
+    conda:
+        "../envs/mneme.yaml"
+    params:
+        layer=lambda wc: config["pairs"][wc.pair]["layer"],
+    script:
+        "../workflow_scripts/check_pair.py"

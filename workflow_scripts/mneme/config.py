@@ -1,0 +1,291 @@
+"""Configuration validation: schema, defaults and cross-key checks, before any job runs.
+
+Snakemake's own ``validate()`` reports a raw jsonschema trace. Researchers edit YAML by hand, so
+this module reports every problem at once, each naming the config key and what was expected,
+and adds the checks a schema cannot express (a pair naming an unknown model, a layer past the
+model's last block, a missing local path, an unknown category).
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from mneme.models import PACKAGED, known_num_layers
+
+
+class ConfigError(ValueError):
+    """A config problem, reported with the offending key(s) before any work starts."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid mneme config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _key(path) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _resolve_ref(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        node = root
+        for part in ref.lstrip("#/").split("/"):
+            node = node[part]
+        schema = node
+    return schema
+
+
+def apply_defaults(cfg: Any, schema: dict, root: dict | None = None) -> None:
+    """Fill ``default:`` values of the schema into ``cfg`` in place, recursing into maps and lists."""
+    root = root or schema
+    schema = _resolve_ref(schema, root)
+    if isinstance(cfg, dict) and schema.get("type") == "object":
+        for name, sub in schema.get("properties", {}).items():
+            sub_r = _resolve_ref(sub, root)
+            if name not in cfg and "default" in sub_r:
+                cfg[name] = copy.deepcopy(sub_r["default"])
+            if name in cfg:
+                apply_defaults(cfg[name], sub_r, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for name, value in cfg.items():
+                if name not in schema.get("properties", {}):
+                    apply_defaults(value, extra, root)
+    elif isinstance(cfg, list) and isinstance(schema.get("items"), dict):
+        for item in cfg:
+            apply_defaults(item, schema["items"], root)
+
+
+def schema_problems(cfg: Any, schema: dict) -> list[str]:
+    """Every schema violation as 'key: what is wrong (expected ...)'."""
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
+        key = _key(err.absolute_path)
+        if err.validator == "additionalProperties":
+            allowed = sorted(err.schema.get("properties", {}))
+            extra = sorted(set(err.instance) - set(allowed))
+            hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+            problems.append(f"{key}: unknown key(s) {', '.join(map(repr, extra))}{hint}")
+        elif err.validator == "enum":
+            problems.append(f"{key}: {err.instance!r} is not one of {err.validator_value}")
+        elif err.validator == "type":
+            problems.append(f"{key}: expected {err.validator_value}, got {err.instance!r}")
+        else:
+            desc = err.schema.get("description", "") if isinstance(err.schema, dict) else ""
+            problems.append(f"{key}: {err.message}" + (f" ({desc.strip()})" if desc else ""))
+    return problems
+
+
+def resolve_path(path: str, basedir: str | os.PathLike) -> str:
+    """Relative paths are taken from the working directory, then from the workflow directory."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return str(Path(basedir) / path)
+
+
+REQUIRED_BY_SOURCE = {
+    "hub": ["id"],
+    "local": ["path"],
+    "packaged": ["package"],
+    "tiny": [],
+    "organism": ["base", "method"],
+}
+SOURCE_ONLY_KEYS = {
+    "id": "hub",
+    "revision": "hub",
+    "path": "local",
+    "package": "packaged",
+    "seed": "tiny",
+    "hidden_size": "tiny",
+    "num_hidden_layers": "tiny",
+    "num_attention_heads": "tiny",
+    "intermediate_size": "tiny",
+    "vocab_size": "tiny",
+    "tokenizer_files": "tiny",
+    "base": "organism",
+    "method": "organism",
+    "forget_categories": "organism",
+    "retain_categories": "organism",
+    "options": "organism",
+}
+
+
+def _model_problems(name: str, spec: dict, models: dict, categories: set[str] | None) -> list[str]:
+    key, src = f"models.{name}", spec["source"]
+    out = [f"{key}.{req}: required for source '{src}'" for req in REQUIRED_BY_SOURCE[src] if req not in spec]
+    # a key that belongs to another source is almost always a typo in `source`
+    for k, owner in SOURCE_ONLY_KEYS.items():
+        if k in spec and owner != src:
+            out.append(f"{key}.{k}: only used with source '{owner}', but source is '{src}'")
+    if src == "local" and "path" in spec and not os.path.isfile(os.path.join(spec["path"], "config.json")):
+        out.append(f"{key}.path: {spec['path']!r} is not a directory with a config.json (a HF checkpoint)")
+    if src == "tiny" and spec["hidden_size"] % spec["num_attention_heads"]:
+        out.append(f"{key}.hidden_size: {spec['hidden_size']} is not divisible by num_attention_heads")
+    if src == "tiny" and not any(glob.glob(p) for p in spec["tokenizer_files"]):
+        out.append(f"{key}.tokenizer_files: no file matches {spec['tokenizer_files']}")
+    if src == "organism":
+        base = spec.get("base")
+        if base is not None and base not in models:
+            out.append(f"{key}.base: unknown model {base!r}; defined models: {', '.join(models)}")
+        elif base == name:
+            out.append(f"{key}.base: an organism cannot be its own base")
+        for field in ("forget_categories", "retain_categories"):
+            for cat in spec.get(field, []):
+                if categories is not None and cat not in categories:
+                    out.append(f"{key}.{field}: unknown category {cat!r}; known: {', '.join(sorted(categories))}")
+    return out
+
+
+def num_layers(name: str, models: dict) -> int | None:
+    """Number of decoder blocks of a model, when knowable without loading weights."""
+    spec = models[name]
+    if spec["source"] == "organism":
+        return num_layers(spec["base"], models) if spec.get("base") in models else None
+    return known_num_layers(spec)
+
+
+def _pair_problems(name: str, pair: dict, cfg: dict) -> list[str]:
+    key, out = f"pairs.{name}", []
+    for role in ("base", "finetuned"):
+        if pair[role] not in cfg["models"]:
+            out.append(f"{key}.{role}: unknown model {pair[role]!r}; defined models: {', '.join(cfg['models'])}")
+    if pair["base"] == pair["finetuned"]:
+        out.append(f"{key}: base and finetuned are the same model {pair['base']!r}")
+    if pair["corpus"] not in cfg["corpora"]:
+        out.append(f"{key}.corpus: unknown corpus {pair['corpus']!r}; defined corpora: {', '.join(cfg['corpora'])}")
+    for role in ("base", "finetuned"):
+        if pair[role] in cfg["models"]:
+            n = num_layers(pair[role], cfg["models"])
+            if n is not None and pair["layer"] >= n:
+                out.append(
+                    f"{key}.layer: {pair['layer']} is out of range for model {pair[role]!r} "
+                    f"with {n} blocks (expected 0..{n - 1})"
+                )
+    return out
+
+
+def _corpus_problems(name: str, corpus: dict, cfg: dict, categories: set[str] | None) -> list[str]:
+    key, out = f"corpora.{name}", []
+    fractions = [s.get("fraction") for s in corpus["sources"]]
+    given = [f for f in fractions if f is not None]
+    if given and (len(given) != len(fractions) or abs(sum(given) - 1) > 1e-6):
+        out.append(f"{key}.sources: fractions must be given for all sources and sum to 1, got {fractions}")
+    for i, src in enumerate(corpus["sources"]):
+        skey = f"{key}.sources[{i}]"
+        if src["kind"] == "gcide":
+            if "part" not in src:
+                out.append(f"{skey}.part: required for kind 'gcide'; one of {', '.join(cfg['gcide']['parts'])}")
+            elif src["part"] not in cfg["gcide"]["parts"]:
+                out.append(f"{skey}.part: unknown part {src['part']!r}; gcide.parts has {', '.join(cfg['gcide']['parts'])}")
+            for cat in src.get("categories", []):
+                if categories is not None and cat not in categories:
+                    out.append(f"{skey}.categories: unknown category {cat!r}; known: {', '.join(sorted(categories))}")
+        elif src["kind"] == "files":
+            if not src.get("paths"):
+                out.append(f"{skey}.paths: required for kind 'files'")
+            for p in src.get("paths", []):
+                if not glob.glob(p):
+                    out.append(f"{skey}.paths: no file matches {p!r}")
+        elif src["kind"] == "hub" and "dataset" not in src:
+            out.append(f"{skey}.dataset: required for kind 'hub'")
+    tok = corpus.get("tokenizer")
+    if tok is not None and tok not in cfg["models"]:
+        out.append(f"{key}.tokenizer: unknown model {tok!r}; defined models: {', '.join(cfg['models'])}")
+    users = [p for p, spec in cfg["pairs"].items() if spec["corpus"] == name]
+    if tok is None and len({cfg["pairs"][p]["base"] for p in users}) > 1:
+        out.append(
+            f"{key}.tokenizer: pairs {', '.join(users)} have different base models; name the tokenizer "
+            "model explicitly (pairs whose tokenizers differ need separate corpora)"
+        )
+    return out
+
+
+def gcide_categories(cfg: dict, basedir: str | os.PathLike) -> set[str] | None:
+    """Category names from the GCIDE category file, or None if it cannot be read (reported)."""
+    path = resolve_path(cfg["gcide"]["categories"], basedir)
+    if not os.path.isfile(path):
+        return None
+    data = load_yaml(path) or {}
+    return set(data.get("categories", {})) | {data.get("general_category", "general")}
+
+
+def uses_gcide(cfg: dict) -> bool:
+    corpora = any(s["kind"] == "gcide" for c in cfg["corpora"].values() for s in c["sources"])
+    return corpora or any(m["source"] == "organism" for m in cfg["models"].values())
+
+
+def semantic_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
+    """Cross-key checks that a JSON schema cannot express."""
+    out: list[str] = []
+    categories = gcide_categories(cfg, basedir)
+    if uses_gcide(cfg):
+        if categories is None:
+            out.append(f"gcide.categories: file {cfg['gcide']['categories']!r} not found")
+        if not os.path.isfile(cfg["gcide"]["path"]):
+            out.append(
+                f"gcide.path: {cfg['gcide']['path']!r} not found; install Debian's dictionary with "
+                "`sudo apt-get install dict-gcide` (or `make setup`)"
+            )
+        total = sum(cfg["gcide"]["parts"].values())
+        if abs(total - 1) > 1e-6:
+            out.append(f"gcide.parts: fractions must sum to 1, got {total:g}")
+    for name, spec in cfg["models"].items():
+        out += _model_problems(name, spec, cfg["models"], categories)
+    for name, pair in cfg["pairs"].items():
+        out += _pair_problems(name, pair, cfg)
+    for name, corpus in cfg["corpora"].items():
+        out += _corpus_problems(name, corpus, cfg, categories)
+    return out
+
+
+def validate_config(cfg: dict, schema_path: str | os.PathLike, basedir: str | os.PathLike = ".") -> dict:
+    """Validate ``cfg`` in place (defaults filled in); raise ConfigError listing every problem."""
+    schema = load_yaml(schema_path)
+    problems = schema_problems(cfg, schema)
+    if problems:
+        raise ConfigError(problems)
+    explicit = {name: set(spec) for name, spec in cfg["models"].items()}
+    apply_defaults(cfg, schema)
+    for name, spec in cfg["models"].items():
+        # schema defaults of one source (say tiny's seed) must not land in another source's spec:
+        # they would be noise in params and a change to them would re-run unrelated models
+        for k in list(spec):
+            if SOURCE_ONLY_KEYS.get(k, spec["source"]) != spec["source"] and k not in explicit[name]:
+                del spec[k]
+    problems = semantic_problems(cfg, basedir)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def corpus_tokenizer(cfg: dict, corpus: str) -> str:
+    """The model whose tokenizer tokenises ``corpus``: explicit, else the base of its pairs."""
+    tok = cfg["corpora"][corpus].get("tokenizer")
+    if tok:
+        return tok
+    for pair in cfg["pairs"].values():
+        if pair["corpus"] == corpus:
+            return pair["base"]
+    raise ConfigError([f"corpora.{corpus}: used by no pair and has no tokenizer"])
+
+
+def dump(cfg: dict) -> str:
+    return json.dumps(cfg, indent=2, sort_keys=True)
+
+
+__all__ = ["ConfigError", "validate_config", "apply_defaults", "corpus_tokenizer", "PACKAGED"]
