@@ -26,6 +26,6 @@ include: "rules/activations.smk"
 
 rule all:
     default_target: True
-    localrule: True
     input:
         all_targets(),
+    localrule: True

@@ -6,7 +6,7 @@ rule extract_activations:
     input:
         model=lambda wc: model_dir(wc.model),
         tokens=f"{RESULTS}/corpus/{{corpus}}/tokens.zarr",
-        checks=lambda wc: pair_checks(pairs_using_store(wc.model, wc.corpus, wc.layer)),
+        checks=lambda wc: gate(pair_checks(pairs_using_store(wc.model, wc.corpus, wc.layer))),
         code=code("extraction", "activation_store", "models"),
     output:
         directory(f"{RESULTS}/activations/{{model}}/{{corpus}}/L{{layer}}/shard_{{shard}}.zarr"),
@@ -38,9 +38,9 @@ rule index_activations:
         f"{RESULTS}/activations/{{model}}/{{corpus}}/L{{layer}}/manifest.json",
     log:
         logs("index_activations/{model}/{corpus}/L{layer}.log"),
-    localrule: True
     wildcard_constraints:
         layer=r"\d+",
+    localrule: True
     conda:
         "../envs/mneme.yaml"
     params:

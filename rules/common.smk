@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: paths, per-wildcard config lookups, code inputs.
+# Helpers shared by all stages: paths, per-wildcard config lookups, code inputs.
 # No rules here (snakemake --lint flags files that mix rules and functions).
 import os
 import re
@@ -101,3 +101,13 @@ def all_targets():
     for pair in config["pairs"]:
         targets += list(pair_manifests(pair).values())
     return targets
+
+
+def gate(paths):
+    """Check files (check_pair) as inputs that order and block jobs but never re-run them.
+
+    A check is re-run when one of its models changes; its consumers must wait for it and must
+    not start if it fails, but an unchanged corpus or the other model's store must not be
+    recomputed because a check file was rewritten.
+    """
+    return [ancient(p) for p in paths]

@@ -5,7 +5,7 @@
 rule sample_corpus:
     input:
         tokenizer=corpus_tokenizer_dir,
-        checks=lambda wc: pair_checks(pairs_using_corpus(wc.corpus)),
+        checks=lambda wc: gate(pair_checks(pairs_using_corpus(wc.corpus))),
         categories=gcide_category_file,
         code=code("corpus", "gcide", "models"),
     output:

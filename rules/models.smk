@@ -1,5 +1,5 @@
 # prepare_model: resolve a model spec (hub id, local dir, packaged GGUF, tiny random model) into
-# results/models/{model}/ with a model card. check_pair: tokenizer/layer/width checks per pair.
+# results/models/{model}/ with a model card. check_pair: tokenizer and width checks per pair.
 
 
 rule prepare_model:
@@ -33,7 +33,5 @@ rule check_pair:
     localrule: True
     conda:
         "../envs/mneme.yaml"
-    params:
-        layer=lambda wc: config["pairs"][wc.pair]["layer"],
     script:
         "../workflow_scripts/check_pair.py"

@@ -37,7 +37,9 @@ def tiny_model(tmp_path_factory) -> str:
 def write_gcide_sample(dest: Path, n_lines: int = 60000) -> Path:
     """The first ``n_lines`` lines of the real GCIDE file (whole entries), gzipped."""
     if not GCIDE.is_file():
-        pytest.fail(f"{GCIDE} is missing: install Debian's dictionary with `apt-get install dict-gcide` (make setup does)")
+        pytest.fail(
+            f"{GCIDE} is missing: install Debian's dictionary with `apt-get install dict-gcide` (make setup does)"
+        )
     with gzip.open(GCIDE, "rt", errors="replace") as src, gzip.open(dest, "wt") as out:
         for i, line in enumerate(src):
             if i >= n_lines and not line.strip():

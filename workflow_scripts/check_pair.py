@@ -1,4 +1,4 @@
-"""Rule check_pair: the checks that need prepared models (tokenizers, layer range, width)."""
+"""Rule check_pair: the checks that need both prepared models (tokenizers, width)."""
 
 import json
 
@@ -8,7 +8,7 @@ from mneme.models import check_pair
 
 def main(smk) -> None:
     log = setup_logging(smk.log[0])
-    result = check_pair(smk.input.base, smk.input.finetuned, smk.params.layer, smk.wildcards.pair)
+    result = check_pair(smk.input.base, smk.input.finetuned, smk.wildcards.pair)
     log.info("pair %s ok: %s", smk.wildcards.pair, result)
     with open(smk.output[0], "w") as fh:
         json.dump(result, fh, indent=2)

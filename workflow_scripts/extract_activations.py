@@ -1,7 +1,6 @@
 """Rule extract_activations: one (model, corpus, layer, shard) of residual activations."""
 
 import zarr
-
 from mneme.extraction import extract_shard
 from mneme.logs import set_threads, setup_logging
 
@@ -24,7 +23,11 @@ def main(smk) -> None:
         chunk_rows=opts["chunk_rows"],
         codec=opts["codec"],
         codec_level=opts["codec_level"],
-        attrs={"model": smk.wildcards.model, "corpus": smk.wildcards.corpus, "context_len": tokens_attrs["context_len"]},
+        attrs={
+            "model": smk.wildcards.model,
+            "corpus": smk.wildcards.corpus,
+            "context_len": tokens_attrs["context_len"],
+        },
     )
 
 

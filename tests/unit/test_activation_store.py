@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from mneme.activation_store import (
     ActivationStore,
     PairedStores,
@@ -34,7 +33,9 @@ def test_bfloat16_matches_torch_rounding_and_round_trips():
 
 def test_float16_round_trip():
     x = np.random.default_rng(1).normal(size=(10, 4)).astype(np.float32)
-    np.testing.assert_array_equal(decode_16bit(encode_16bit(x, "float16"), "float16"), x.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(
+        decode_16bit(encode_16bit(x, "float16"), "float16"), x.astype(np.float16).astype(np.float32)
+    )
 
 
 def build_store(tmp_path, name, x, n_shards=2, dtype="bfloat16", chunk_rows=16, meta=None):
@@ -43,8 +44,15 @@ def build_store(tmp_path, name, x, n_shards=2, dtype="bfloat16", chunk_rows=16, 
     for i in range(n_shards):
         p = tmp_path / name / f"shard_{i}.zarr"
         p.parent.mkdir(parents=True, exist_ok=True)
-        w = ShardWriter(p, bounds[i + 1] - bounds[i], x.shape[1], dtype, chunk_rows=chunk_rows, codec="zstd",
-                        attrs={"context_len": 9, "first_position": 1, "layer": 2, "corpus": "c"})
+        w = ShardWriter(
+            p,
+            bounds[i + 1] - bounds[i],
+            x.shape[1],
+            dtype,
+            chunk_rows=chunk_rows,
+            codec="zstd",
+            attrs={"context_len": 9, "first_position": 1, "layer": 2, "corpus": "c"},
+        )
         w.write(0, x[bounds[i] : bounds[i + 1]])
         w.close()
         paths.append(str(p))
@@ -100,7 +108,9 @@ def test_row_to_token():
 def test_manifest_rejects_unfinished_shard(tmp_path):
     import zarr
 
-    zarr.create_array(store=str(tmp_path / "x.zarr"), shape=(4, 2), dtype="uint16", attributes={"logical_dtype": "bfloat16"})
+    zarr.create_array(
+        store=str(tmp_path / "x.zarr"), shape=(4, 2), dtype="uint16", attributes={"logical_dtype": "bfloat16"}
+    )
     with pytest.raises(ValueError, match="not a finished activation shard"):
         write_manifest(tmp_path / "m.json", [str(tmp_path / "x.zarr")], {})
     assert json.dumps  # manifest module imports json; nothing written on failure

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from mneme.config import ConfigError, apply_defaults, corpus_tokenizer, validate_config
 from mneme.models import check_pair, prepare_model
 
@@ -63,7 +62,9 @@ def test_layer_out_of_range_for_packaged_model():
     cfg = default_config()
     cfg["pairs"]["bio-rmu"]["layer"] = 30
     msg = problems(cfg)
-    assert "pairs.bio-rmu.layer: 30 is out of range for model 'smollm2' with 30 blocks (expected 0..29)" in msg
+    assert (
+        "pairs.bio-rmu.layer: 30 is out of range for model 'smollm2' with 30 blocks (expected 0..29)" in msg
+    )
 
 
 def test_unknown_category():
@@ -119,7 +120,9 @@ def test_all_problems_reported_at_once():
 def test_apply_defaults_nested_lists():
     schema = {
         "type": "object",
-        "properties": {"a": {"type": "array", "items": {"type": "object", "properties": {"b": {"default": 3}}}}},
+        "properties": {
+            "a": {"type": "array", "items": {"type": "object", "properties": {"b": {"default": 3}}}}
+        },
     }
     cfg = {"a": [{}, {"b": 1}]}
     apply_defaults(cfg, schema)
@@ -132,7 +135,19 @@ def test_check_pair_rejects_different_tokenizers(tiny_model, tmp_path):
     other = prepare_model("other", {**copy.deepcopy(TINY_SPEC), "vocab_size": 600}, tmp_path / "other")
     assert other["vocab_size"] != 512
     with pytest.raises(ValueError, match="tokenizers of 'tiny' and 'other' differ"):
-        check_pair(tiny_model, str(tmp_path / "other"), 1, "p")
-    with pytest.raises(ValueError, match="pairs.p.layer: 7 is out of range"):
-        check_pair(tiny_model, tiny_model, 7, "p")
-    assert check_pair(tiny_model, tiny_model, 1, "p")["ok"]
+        check_pair(tiny_model, str(tmp_path / "other"), "p")
+    assert check_pair(tiny_model, tiny_model, "p")["ok"]
+
+
+def test_layer_checked_from_prepared_model_card(tmp_path):
+    """A hub model's depth is unknown offline until prepare_model has written its card."""
+    from conftest import TINY_SPEC
+
+    cfg = default_config()
+    cfg["models"]["smollm2"] = {"source": "hub", "id": "org/not-cached-model"}
+    cfg["pairs"]["bio-rmu"]["layer"] = 6
+    validate_config(copy.deepcopy(cfg), SCHEMA, REPO, results_dir=tmp_path)  # unknown depth: deferred
+    prepare_model("smollm2", dict(TINY_SPEC), tmp_path / "models" / "smollm2")  # a card saying 4 blocks
+    assert "pairs.bio-rmu.layer: 6 is out of range for model 'smollm2' with 4 blocks" in str(
+        pytest.raises(ConfigError, validate_config, cfg, SCHEMA, REPO, results_dir=tmp_path).value
+    )

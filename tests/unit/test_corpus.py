@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-
 from mneme.corpus import CorpusTooSmall, docs_table, pack, sample_corpus
 from mneme.models import load_tokenizer
 
@@ -31,7 +30,9 @@ def reference_pack(docs, n_contexts, context_len, bos):
 
 def test_pack_matches_reference():
     rng = np.random.default_rng(0)
-    docs = [({"doc_id": str(i)}, list(rng.integers(3, 50, size=rng.integers(1, 12))) + [2]) for i in range(40)]
+    docs = [
+        ({"doc_id": str(i)}, list(rng.integers(3, 50, size=rng.integers(1, 12))) + [2]) for i in range(40)
+    ]
     ids, owner = pack(docs, n_contexts=5, context_len=8, bos_id=1)
     ref_ids, ref_owner = reference_pack(docs, 5, 8, 1)
     np.testing.assert_array_equal(ids, ref_ids)
@@ -47,8 +48,10 @@ def test_pack_without_bos_and_too_small():
 
 
 def test_docs_table_counts_and_first_context():
-    docs = [({"doc_id": "a", "source": "s", "category": "x", "title": "A"}, [5] * 5),
-            ({"doc_id": "b", "source": "s", "category": "y", "title": "B"}, [6] * 10)]
+    docs = [
+        ({"doc_id": "a", "source": "s", "category": "x", "title": "A"}, [5] * 5),
+        ({"doc_id": "b", "source": "s", "category": "y", "title": "B"}, [6] * 10),
+    ]
     _, owner = pack(docs, 3, 4, 1)  # 9 body tokens: 5 of a, 4 of b
     table = docs_table(docs, owner)
     assert table["doc_id"].tolist() == ["a", "b"]
@@ -60,12 +63,26 @@ def files_corpus(tmp_path, n_tokens, seed=0, chat=False):
     path = tmp_path / "docs.jsonl"
     with open(path, "w") as fh:
         for i in range(200):
-            rec = {"text": f"Document {i} about the licence terms and {i % 7} conditions.", "label": f"c{i % 3}"}
+            rec = {
+                "text": f"Document {i} about the licence terms and {i % 7} conditions.",
+                "label": f"c{i % 3}",
+            }
             if chat:
-                rec["conversation"] = [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "answer"}]
+                rec["conversation"] = [
+                    {"role": "user", "content": f"question {i}"},
+                    {"role": "assistant", "content": "answer"},
+                ]
             fh.write(json.dumps(rec) + "\n")
-    src = {"kind": "files", "paths": [str(path)], "format": "auto", "text_field": "text", "category_field": "label",
-           "category": "unlabelled", "chat": chat, "messages_field": "conversation"}
+    src = {
+        "kind": "files",
+        "paths": [str(path)],
+        "format": "auto",
+        "text_field": "text",
+        "category_field": "label",
+        "category": "unlabelled",
+        "chat": chat,
+        "messages_field": "conversation",
+    }
     return {"sources": [src], "n_tokens": n_tokens, "context_len": 16, "seed": seed, "add_bos": True}
 
 

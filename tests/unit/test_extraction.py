@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from transformers import AutoModelForCausalLM
-
 from mneme.activation_store import ActivationStore, decode_16bit, encode_16bit, write_manifest
 from mneme.extraction import LayerExtractor, extract_shard, shard_contexts
+from transformers import AutoModelForCausalLM
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +52,20 @@ def test_extract_shards_store_rows_without_bos(tiny_model, full_model, tmp_path,
     paths = []
     for shard in range(2):
         out = tmp_path / f"shard_{shard}.zarr"
-        extract_shard(tiny_model, str(tmp_path / "tokens.zarr"), str(out), layer=1, shard=shard, n_shards=2,
-                      batch_size=3, dtype=dtype, skip_first=1, chunk_rows=10, codec="zstd",
-                      attrs={"context_len": 12, "model": "tiny", "corpus": "t"})
+        extract_shard(
+            tiny_model,
+            str(tmp_path / "tokens.zarr"),
+            str(out),
+            layer=1,
+            shard=shard,
+            n_shards=2,
+            batch_size=3,
+            dtype=dtype,
+            skip_first=1,
+            chunk_rows=10,
+            codec="zstd",
+            attrs={"context_len": 12, "model": "tiny", "corpus": "t"},
+        )
         paths.append(str(out))
     write_manifest(tmp_path / "manifest.json", paths, {"layer": 1})
     store = ActivationStore(tmp_path / "manifest.json")

@@ -157,7 +157,9 @@ def write_manifest(path: str | os.PathLike, shard_paths: list[str], meta: dict) 
         for key in SHARED_SHARD_ATTRS:
             if key in attrs:
                 if shared.setdefault(key, attrs[key]) != attrs[key]:
-                    raise ValueError(f"{sp}: {key}={attrs[key]!r} differs from earlier shards ({shared[key]!r})")
+                    raise ValueError(
+                        f"{sp}: {key}={attrs[key]!r} differs from earlier shards ({shared[key]!r})"
+                    )
         rel = os.path.relpath(sp, path.parent)
         shards.append({"path": rel, "row_start": row, "n_rows": arr.shape[0], "chunk_rows": arr.chunks[0]})
         row += arr.shape[0]
@@ -205,7 +207,11 @@ class ActivationStore:
         self.logical_dtype: str = self.manifest["logical_dtype"]
         self.norm_scale: float = self.manifest["norm"]["scale"]
         self._shards = [
-            _Shard(zarr.open_array(str(self.manifest_path.parent / s["path"]), mode="r"), s["row_start"], s["n_rows"])
+            _Shard(
+                zarr.open_array(str(self.manifest_path.parent / s["path"]), mode="r"),
+                s["row_start"],
+                s["n_rows"],
+            )
             for s in self.manifest["shards"]
         ]
         self.chunk_rows: int = min(s["chunk_rows"] for s in self.manifest["shards"])
@@ -254,7 +260,9 @@ class PairedStores:
         for key in ("corpus", "layer", "n_rows", "d_model", "context_len", "first_position"):
             b, f = self.base.manifest.get(key), self.ft.manifest.get(key)
             if b != f:
-                raise ValueError(f"stores are not paired: {key} is {b!r} in {base_manifest} but {f!r} in {ft_manifest}")
+                raise ValueError(
+                    f"stores are not paired: {key} is {b!r} in {base_manifest} but {f!r} in {ft_manifest}"
+                )
         self.n_rows = self.base.n_rows
         self.d_model = self.base.d_model
         self.norm_scales = (self.base.norm_scale, self.ft.norm_scale)

@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from mneme.models import PACKAGED, known_num_layers
+from mneme.models import CARD, PACKAGED, known_num_layers
 
 
 class ConfigError(ValueError):
@@ -147,30 +147,46 @@ def _model_problems(name: str, spec: dict, models: dict, categories: set[str] | 
         for field in ("forget_categories", "retain_categories"):
             for cat in spec.get(field, []):
                 if categories is not None and cat not in categories:
-                    out.append(f"{key}.{field}: unknown category {cat!r}; known: {', '.join(sorted(categories))}")
+                    out.append(
+                        f"{key}.{field}: unknown category {cat!r}; known: {', '.join(sorted(categories))}"
+                    )
     return out
 
 
-def num_layers(name: str, models: dict) -> int | None:
-    """Number of decoder blocks of a model, when knowable without loading weights."""
+def num_layers(name: str, models: dict, results_dir: str | os.PathLike = "results") -> int | None:
+    """Number of decoder blocks of a model, when knowable without loading weights.
+
+    A prepared model's card is trusted first (it covers hub models once fetched), then facts
+    known from the spec itself; None means the extraction job checks it when it starts.
+    """
+    card = Path(results_dir, "models", name, CARD)
+    if card.is_file():
+        try:
+            return json.loads(card.read_text())["num_hidden_layers"]
+        except (ValueError, KeyError):
+            pass
     spec = models[name]
     if spec["source"] == "organism":
-        return num_layers(spec["base"], models) if spec.get("base") in models else None
+        return num_layers(spec["base"], models, results_dir) if spec.get("base") in models else None
     return known_num_layers(spec)
 
 
-def _pair_problems(name: str, pair: dict, cfg: dict) -> list[str]:
+def _pair_problems(name: str, pair: dict, cfg: dict, results_dir: str | os.PathLike) -> list[str]:
     key, out = f"pairs.{name}", []
     for role in ("base", "finetuned"):
         if pair[role] not in cfg["models"]:
-            out.append(f"{key}.{role}: unknown model {pair[role]!r}; defined models: {', '.join(cfg['models'])}")
+            out.append(
+                f"{key}.{role}: unknown model {pair[role]!r}; defined models: {', '.join(cfg['models'])}"
+            )
     if pair["base"] == pair["finetuned"]:
         out.append(f"{key}: base and finetuned are the same model {pair['base']!r}")
     if pair["corpus"] not in cfg["corpora"]:
-        out.append(f"{key}.corpus: unknown corpus {pair['corpus']!r}; defined corpora: {', '.join(cfg['corpora'])}")
+        out.append(
+            f"{key}.corpus: unknown corpus {pair['corpus']!r}; defined corpora: {', '.join(cfg['corpora'])}"
+        )
     for role in ("base", "finetuned"):
         if pair[role] in cfg["models"]:
-            n = num_layers(pair[role], cfg["models"])
+            n = num_layers(pair[role], cfg["models"], results_dir)
             if n is not None and pair["layer"] >= n:
                 out.append(
                     f"{key}.layer: {pair['layer']} is out of range for model {pair[role]!r} "
@@ -189,12 +205,18 @@ def _corpus_problems(name: str, corpus: dict, cfg: dict, categories: set[str] | 
         skey = f"{key}.sources[{i}]"
         if src["kind"] == "gcide":
             if "part" not in src:
-                out.append(f"{skey}.part: required for kind 'gcide'; one of {', '.join(cfg['gcide']['parts'])}")
+                out.append(
+                    f"{skey}.part: required for kind 'gcide'; one of {', '.join(cfg['gcide']['parts'])}"
+                )
             elif src["part"] not in cfg["gcide"]["parts"]:
-                out.append(f"{skey}.part: unknown part {src['part']!r}; gcide.parts has {', '.join(cfg['gcide']['parts'])}")
+                out.append(
+                    f"{skey}.part: unknown part {src['part']!r}; gcide.parts has {', '.join(cfg['gcide']['parts'])}"
+                )
             for cat in src.get("categories", []):
                 if categories is not None and cat not in categories:
-                    out.append(f"{skey}.categories: unknown category {cat!r}; known: {', '.join(sorted(categories))}")
+                    out.append(
+                        f"{skey}.categories: unknown category {cat!r}; known: {', '.join(sorted(categories))}"
+                    )
         elif src["kind"] == "files":
             if not src.get("paths"):
                 out.append(f"{skey}.paths: required for kind 'files'")
@@ -229,7 +251,9 @@ def uses_gcide(cfg: dict) -> bool:
     return corpora or any(m["source"] == "organism" for m in cfg["models"].values())
 
 
-def semantic_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
+def semantic_problems(
+    cfg: dict, basedir: str | os.PathLike, results_dir: str | os.PathLike = "results"
+) -> list[str]:
     """Cross-key checks that a JSON schema cannot express."""
     out: list[str] = []
     categories = gcide_categories(cfg, basedir)
@@ -247,13 +271,18 @@ def semantic_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
     for name, spec in cfg["models"].items():
         out += _model_problems(name, spec, cfg["models"], categories)
     for name, pair in cfg["pairs"].items():
-        out += _pair_problems(name, pair, cfg)
+        out += _pair_problems(name, pair, cfg, results_dir)
     for name, corpus in cfg["corpora"].items():
         out += _corpus_problems(name, corpus, cfg, categories)
     return out
 
 
-def validate_config(cfg: dict, schema_path: str | os.PathLike, basedir: str | os.PathLike = ".") -> dict:
+def validate_config(
+    cfg: dict,
+    schema_path: str | os.PathLike,
+    basedir: str | os.PathLike = ".",
+    results_dir: str | os.PathLike = "results",
+) -> dict:
     """Validate ``cfg`` in place (defaults filled in); raise ConfigError listing every problem."""
     schema = load_yaml(schema_path)
     problems = schema_problems(cfg, schema)
@@ -267,7 +296,7 @@ def validate_config(cfg: dict, schema_path: str | os.PathLike, basedir: str | os
         for k in list(spec):
             if SOURCE_ONLY_KEYS.get(k, spec["source"]) != spec["source"] and k not in explicit[name]:
                 del spec[k]
-    problems = semantic_problems(cfg, basedir)
+    problems = semantic_problems(cfg, basedir, results_dir)
     if problems:
         raise ConfigError(problems)
     return cfg

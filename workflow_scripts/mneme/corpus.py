@@ -38,7 +38,12 @@ def gcide_documents(src: dict, gcide_cfg: dict) -> list[dict]:
     tag_map, general, _ = gcide.load_category_map(gcide_cfg["categories"])
     keep = set(src.get("categories") or [])
     docs = gcide.iter_documents(
-        gcide_cfg["path"], tag_map, general, part=src["part"], fractions=gcide_cfg["parts"], salt=gcide_cfg["salt"]
+        gcide_cfg["path"],
+        tag_map,
+        general,
+        part=src["part"],
+        fractions=gcide_cfg["parts"],
+        salt=gcide_cfg["salt"],
     )
     return [d for d in docs if not keep or d["category"] in keep]
 
@@ -136,13 +141,19 @@ def sample_documents(corpus_cfg: dict, corpus_name: str, gcide_cfg: dict, tokeni
         raise ValueError("the tokenizer has no EOS token to separate packed documents")
     seed = corpus_cfg["seed"]
     picked: list[tuple[dict, list[int]]] = []
-    for i, (src, budget) in enumerate(zip(corpus_cfg["sources"], source_budgets(corpus_cfg["sources"], n_body_tokens))):
-        label = f"corpora.{corpus_name}.sources[{i}] ({src['kind']}{':' + src['part'] if 'part' in src else ''})"
+    for i, (src, budget) in enumerate(
+        zip(corpus_cfg["sources"], source_budgets(corpus_cfg["sources"], n_body_tokens))
+    ):
+        label = (
+            f"corpora.{corpus_name}.sources[{i}] ({src['kind']}{':' + src['part'] if 'part' in src else ''})"
+        )
         rng = np.random.default_rng([seed, i])
         if src["kind"] == "hub":
             docs: Iterable[dict] = hub_documents(src, seed + i, tokenizer)
         else:
-            pool = gcide_documents(src, gcide_cfg) if src["kind"] == "gcide" else file_documents(src, tokenizer)
+            pool = (
+                gcide_documents(src, gcide_cfg) if src["kind"] == "gcide" else file_documents(src, tokenizer)
+            )
             docs = (pool[j] for j in rng.permutation(len(pool)))
         got = take_tokens(docs, tokenizer, budget, eos, label)
         log.info("%s: %d documents, %d tokens", label, len(got), sum(len(t) for _, t in got))
@@ -189,7 +200,12 @@ def docs_table(docs: list[tuple[dict, list[int]]], doc_index: np.ndarray) -> pd.
 
 
 def write_corpus(
-    tokens_path: str, docs_path: str, input_ids: np.ndarray, doc_index: np.ndarray, table: pd.DataFrame, attrs: dict
+    tokens_path: str,
+    docs_path: str,
+    input_ids: np.ndarray,
+    doc_index: np.ndarray,
+    table: pd.DataFrame,
+    attrs: dict,
 ) -> None:
     """Write tokens.zarr (input_ids, doc_index) and docs.parquet via temporary names."""
     tmp = tokens_path + ".tmp"
@@ -207,7 +223,13 @@ def write_corpus(
 
 
 def sample_corpus(
-    corpus_cfg: dict, corpus_name: str, gcide_cfg: dict, tokenizer, tokens_path: str, docs_path: str, tokenizer_model: str
+    corpus_cfg: dict,
+    corpus_name: str,
+    gcide_cfg: dict,
+    tokenizer,
+    tokens_path: str,
+    docs_path: str,
+    tokenizer_model: str,
 ) -> dict:
     """Sample, tokenise, pack and write one corpus; returns a summary."""
     context_len = corpus_cfg["context_len"]
@@ -231,6 +253,12 @@ def sample_corpus(
     }
     write_corpus(tokens_path, docs_path, input_ids, doc_index, table, attrs)
     by_cat = table.groupby("category")["n_tokens"].sum().sort_values(ascending=False)
-    log.info("corpus %s: %d contexts x %d tokens, %d documents; tokens by category: %s",
-             corpus_name, n_contexts, context_len, len(table), by_cat.to_dict())
+    log.info(
+        "corpus %s: %d contexts x %d tokens, %d documents; tokens by category: %s",
+        corpus_name,
+        n_contexts,
+        context_len,
+        len(table),
+        by_cat.to_dict(),
+    )
     return {**attrs, "n_documents": len(table), "tokens_by_category": {k: int(v) for k, v in by_cat.items()}}

@@ -69,7 +69,9 @@ class LayerExtractor:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the dropped blocks' weights are "unused" by design
         try:
-            self.model = AutoModel.from_pretrained(path, config=config, dtype=self.dtype, trust_remote_code=trust)
+            self.model = AutoModel.from_pretrained(
+                path, config=config, dtype=self.dtype, trust_remote_code=trust
+            )
         finally:
             hf_logging.set_verbosity(verbosity)
         self.model.eval().to(self.device)
@@ -142,7 +144,15 @@ def extract_shard(
         level=codec_level,
         attrs={"layer": layer, "contexts": [c0, c1], "first_position": first, **(attrs or {})},
     )
-    log.info("shard %d/%d: contexts [%d, %d), %d rows, device %s", shard, n_shards, c0, c1, writer.n_rows, extractor.device)
+    log.info(
+        "shard %d/%d: contexts [%d, %d), %d rows, device %s",
+        shard,
+        n_shards,
+        c0,
+        c1,
+        writer.n_rows,
+        extractor.device,
+    )
     t0, t_model, done = time.perf_counter(), 0.0, 0
     pending: Future | None = None
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -165,8 +175,18 @@ def extract_shard(
             pending.result()
     total = time.perf_counter() - t0
     stats = writer.close({"complete": True})
-    timing = {"seconds": total, "model_seconds": t_model, "tokens_per_s": (c1 - c0) * ctx_len / max(total, 1e-9)}
-    log.info("shard %d done in %.1f s (%.0f tokens/s, forward %.1f s)", shard, total, timing["tokens_per_s"], t_model)
+    timing = {
+        "seconds": total,
+        "model_seconds": t_model,
+        "tokens_per_s": (c1 - c0) * ctx_len / max(total, 1e-9),
+    }
+    log.info(
+        "shard %d done in %.1f s (%.0f tokens/s, forward %.1f s)",
+        shard,
+        total,
+        timing["tokens_per_s"],
+        t_model,
+    )
     return {**stats, **timing}
 
 

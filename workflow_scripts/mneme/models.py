@@ -245,12 +245,18 @@ def prepare_model(name: str, spec: dict, out_dir: str | os.PathLike) -> dict:
     else:
         raise ValueError(f"models.{name}: source {src!r} is built by its own stage, not prepare_model")
     card = write_card(out, name, spec, weights)
-    log.info("prepared %s: %s", name, {k: card[k] for k in ("model_type", "num_hidden_layers", "hidden_size")})
+    log.info(
+        "prepared %s: %s", name, {k: card[k] for k in ("model_type", "num_hidden_layers", "hidden_size")}
+    )
     return card
 
 
-def check_pair(base_dir: str, ft_dir: str, layer: int, pair: str) -> dict:
-    """Checks that need the prepared models: same tokenizer, layer in range, same width."""
+def check_pair(base_dir: str, ft_dir: str, pair: str) -> dict:
+    """Checks that need both prepared models: identical tokenizers and residual widths.
+
+    The layer is not checked here (config validation and each extraction job do that), so
+    that changing a pair's layer does not invalidate the pair's corpus.
+    """
     base, ft = read_card(base_dir), read_card(ft_dir)
     problems = []
     if base["tokenizer_fingerprint"] != ft["tokenizer_fingerprint"]:
@@ -258,12 +264,8 @@ def check_pair(base_dir: str, ft_dir: str, layer: int, pair: str) -> dict:
             f"pairs.{pair}: the tokenizers of {base['name']!r} and {ft['name']!r} differ "
             "(a crosscoder needs both models to see identical token ids)"
         )
-    for card in (base, ft):
-        n = card["num_hidden_layers"]
-        if n is not None and not 0 <= layer < n:
-            problems.append(f"pairs.{pair}.layer: {layer} is out of range for {card['name']!r} (0..{n - 1})")
     if base["hidden_size"] != ft["hidden_size"]:
         problems.append(f"pairs.{pair}: hidden sizes differ ({base['hidden_size']} vs {ft['hidden_size']})")
     if problems:
         raise ValueError("\n".join(problems))
-    return {"pair": pair, "layer": layer, "base": base["name"], "finetuned": ft["name"], "ok": True}
+    return {"pair": pair, "base": base["name"], "finetuned": ft["name"], "ok": True}

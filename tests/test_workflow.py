@@ -1,0 +1,164 @@
+"""Workflow tests: the real Snakefile on the tiny config, re-run semantics, lint and format."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, copy_workflow, snakemake_bin, write_gcide_sample
+
+pytestmark = pytest.mark.workflow
+
+
+def tiny_config(gcide_path: Path) -> dict:
+    text = (
+        (REPO / "tests" / "integration" / "config.yaml").read_text().replace("GCIDE_SAMPLE", str(gcide_path))
+    )
+    return yaml.safe_load(text)
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [
+        snakemake_bin(),
+        "--cores",
+        "2",
+        "--directory",
+        str(workdir),
+        "--snakefile",
+        str(workdir / "Snakefile"),
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def scheduled(workdir: Path, *args: str) -> dict[str, int]:
+    """Jobs a dry run would execute, by rule (from the 'Job stats' table)."""
+    out = snakemake(workdir, "-n", *args)
+    text = out.stdout + out.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def write_config(workdir: Path, cfg: dict) -> None:
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    """A copy of the workflow run once through the activation stage on the tiny config."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("wf"))
+    gcide = write_gcide_sample(workdir / "gcide-sample.dict.gz")
+    cfg = tiny_config(gcide)
+    write_config(workdir, cfg)
+    snakemake(workdir)
+    return workdir, cfg
+
+
+def test_activation_stage_outputs(workflow):
+    from mneme.activation_store import PairedStores, row_to_token
+
+    workdir, cfg = workflow
+    res = workdir / "results"
+    docs = pd.read_parquet(res / "corpus/tiny-gcide/docs.parquet")
+    assert {"doc_id", "source", "category", "title", "n_tokens"} <= set(docs.columns)
+    assert (docs["source"] == "gcide").all() and docs["category"].nunique() > 1
+    pair = PairedStores(
+        res / "activations/tiny-base/tiny-gcide/L2/manifest.json",
+        res / "activations/tiny-ft/tiny-gcide/L2/manifest.json",
+    )
+    n_ctx = -(-cfg["corpora"]["tiny-gcide"]["n_tokens"] // 32)
+    assert pair.n_rows == n_ctx * 31 and pair.d_model == 64  # BOS never stored
+    xb, xf = pair.read(0, 100)
+    assert np.isfinite(xb).all() and not np.allclose(xb, xf)  # different weights, same tokens
+    ctx, pos = row_to_token(np.array([0, 31, pair.n_rows - 1]), 1, 32)
+    assert ctx.tolist() == [0, 1, n_ctx - 1] and pos.tolist() == [1, 1, 31]
+    assert pair.base.manifest["norm"]["scale"] > 0
+    assert (res / "logs/extract_activations/tiny-base/tiny-gcide/L2/shard_0.log").read_text().count(
+        "tokens/s"
+    ) >= 1
+    assert (
+        snakemake(workdir, "-n").stdout.count("Nothing to be done")
+        or "Nothing to be done" in snakemake(workdir, "-n").stderr
+    )
+
+
+def test_config_edits_rerun_only_affected_stages(workflow):
+    workdir, cfg = workflow
+    layer = {**cfg, "pairs": {"tiny": {**cfg["pairs"]["tiny"], "layer": 1}}}
+    write_config(workdir, layer)
+    jobs = scheduled(workdir)
+    assert (
+        jobs.get("extract_activations") == 4 and "sample_corpus" not in jobs and "prepare_model" not in jobs
+    )
+    seed = {**cfg, "corpora": {"tiny-gcide": {**cfg["corpora"]["tiny-gcide"], "seed": 5}}}
+    write_config(workdir, seed)
+    jobs = scheduled(workdir)
+    assert jobs.get("sample_corpus") == 1 and "prepare_model" not in jobs
+    ft = {**cfg, "models": {**cfg["models"], "tiny-ft": {**cfg["models"]["tiny-ft"], "seed": 7}}}
+    write_config(workdir, ft)
+    jobs = scheduled(workdir)
+    # only the changed model is rebuilt and re-extracted; the shared corpus and base stay
+    assert (
+        jobs.get("prepare_model") == 1
+        and jobs.get("extract_activations") == 2
+        and "sample_corpus" not in jobs
+    )
+    write_config(workdir, cfg)
+    assert scheduled(workdir) == {}
+
+
+def test_code_edit_reruns_only_its_stages(workflow):
+    workdir, cfg = workflow
+    lib = workdir / "workflow_scripts/mneme/extraction.py"
+    original = lib.read_text()
+    try:
+        lib.write_text(original + "\n# an edit\n")
+        jobs = scheduled(workdir)
+        assert (
+            jobs.get("extract_activations") == 4
+            and "sample_corpus" not in jobs
+            and "prepare_model" not in jobs
+        )
+    finally:
+        lib.write_text(original)
+    assert scheduled(workdir) == {}
+
+
+def test_bad_config_fails_before_any_job(workflow, tmp_path):
+    workdir, cfg = workflow
+    bad = {**cfg, "activations": {**cfg["activations"], "n_shard": 3}}
+    write_config(workdir, bad)
+    try:
+        proc = snakemake(workdir, "-n", check=False)
+    finally:
+        write_config(workdir, cfg)
+    assert proc.returncode != 0
+    assert "activations: unknown key(s) 'n_shard'" in proc.stdout + proc.stderr
+
+
+def test_lint_and_format_are_clean():
+    lint = subprocess.run(
+        [snakemake_bin(), "--lint", "--directory", str(REPO)], capture_output=True, text=True, cwd=REPO
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run(
+        [str(Path(snakemake_bin()).with_name("snakefmt")), "--check", "."],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+    ruff = subprocess.run(
+        [str(Path(snakemake_bin()).with_name("ruff")), "check", "."], capture_output=True, text=True, cwd=REPO
+    )
+    assert ruff.returncode == 0, ruff.stdout + ruff.stderr
