@@ -123,3 +123,29 @@ def test_chat_documents_use_chat_template(tiny_model, tmp_path):
     _, group, _ = run_sample(tmp_path, files_corpus(tmp_path, n_tokens=320, chat=True), tok)
     text = tok.decode(group["input_ids"][:].ravel())
     assert "assistant\nanswer" in text and "Document" not in text
+
+
+def test_hub_source_streams_through_datasets(tiny_model, tmp_path):
+    """The hub code path (datasets streaming + seeded shuffle buffer), offline via the json builder."""
+    tok = load_tokenizer(tiny_model)
+    cfg = files_corpus(tmp_path, n_tokens=320)
+    path = cfg["sources"][0]["paths"][0]
+    hub = {
+        "kind": "hub",
+        "dataset": "json",
+        "name": None,
+        "data_files": [path],
+        "split": "train",
+        "text_field": "text",
+        "category_field": "label",
+        "category": "unlabelled",
+        "chat": False,
+        "messages_field": "conversation",
+        "shuffle_buffer": 50,
+    }
+    summary, group, docs = run_sample(tmp_path, {**cfg, "sources": [hub]}, tok, "hub")
+    assert group["input_ids"].shape == (20, 16)
+    assert docs["source"].eq("hub").all() and set(docs["category"]) <= {"c0", "c1", "c2"}
+    assert docs["doc_id"].str.startswith("json:").all()
+    _, again, _ = run_sample(tmp_path, {**cfg, "sources": [hub]}, tok, "hub2")
+    np.testing.assert_array_equal(again["input_ids"][:], group["input_ids"][:])

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,11 +107,13 @@ class ShardWriter:
             attributes={"logical_dtype": logical_dtype, **(attrs or {})},
         )
         self.rows_written = 0
+        self.write_seconds = 0.0  # time spent encoding + writing, for throughput reports
         self.sum_norm = 0.0
         self.sum_sq_norm = 0.0
 
     def write(self, start: int, x: np.ndarray) -> None:
         """Write float32 rows ``x`` at row ``start`` and update the norm statistics."""
+        t0 = time.perf_counter()
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.d_model:
             raise ValueError(f"expected rows of width {self.d_model}, got shape {x.shape}")
@@ -119,6 +122,7 @@ class ShardWriter:
         self.sum_sq_norm += float((norms**2).sum())
         self.array[start : start + len(x)] = encode_16bit(x, self.logical_dtype)
         self.rows_written += len(x)
+        self.write_seconds += time.perf_counter() - t0
 
     def close(self, extra_attrs: dict | None = None) -> dict:
         """Record statistics, check completeness and atomically move the shard into place."""

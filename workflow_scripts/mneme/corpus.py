@@ -91,7 +91,13 @@ def hub_documents(src: dict, seed: int, tokenizer) -> Iterator[dict]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(src["dataset"], src.get("name"), split=src["split"], streaming=True)
+        ds = datasets.load_dataset(
+            src["dataset"],
+            src.get("name"),
+            data_files=src.get("data_files"),
+            split=src["split"],
+            streaming=True,
+        )
     except Exception as exc:
         raise RuntimeError(f"could not open hub dataset {src['dataset']!r}: {exc}") from exc
     ds = ds.shuffle(seed=seed, buffer_size=src["shuffle_buffer"])

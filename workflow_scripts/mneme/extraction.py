@@ -178,6 +178,7 @@ def extract_shard(
     timing = {
         "seconds": total,
         "model_seconds": t_model,
+        "write_seconds": writer.write_seconds,
         "tokens_per_s": (c1 - c0) * ctx_len / max(total, 1e-9),
     }
     log.info(
