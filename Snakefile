@@ -20,6 +20,7 @@ validate_config(config, os.path.join(workflow.basedir, "config/schema.yaml"), wo
 
 include: "rules/common.smk"
 include: "rules/models.smk"
+include: "rules/organism.smk"
 include: "rules/corpus.smk"
 include: "rules/activations.smk"
 

@@ -60,11 +60,14 @@ def uses_gcide_source(corpus):
     return any(s["kind"] == "gcide" for s in config["corpora"][corpus]["sources"])
 
 
+def gcide_settings():
+    """The gcide section with the category file resolved to a path that exists."""
+    return {**config["gcide"], "categories": resolve_path(config["gcide"]["categories"], workflow.basedir)}
+
+
 def gcide_params(wildcards):
     """GCIDE settings for a corpus that reads GCIDE, else nothing (so edits do not re-run it)."""
-    if not uses_gcide_source(wildcards.corpus):
-        return {}
-    return {**config["gcide"], "categories": resolve_path(config["gcide"]["categories"], workflow.basedir)}
+    return gcide_settings() if uses_gcide_source(wildcards.corpus) else {}
 
 
 def gcide_category_file(wildcards):

@@ -146,6 +146,21 @@ def test_bad_config_fails_before_any_job(workflow, tmp_path):
     assert "activations: unknown key(s) 'n_shard'" in proc.stdout + proc.stderr
 
 
+def test_slurm_profile_routes_gpu_rules(workflow):
+    workdir, cfg = workflow
+    seed = {**cfg, "corpora": {"tiny-gcide": {**cfg["corpora"]["tiny-gcide"], "seed": 9}}}
+    write_config(workdir, seed)
+    try:
+        proc = snakemake(workdir, "-n", "--workflow-profile", str(workdir / "profiles" / "slurm"))
+    finally:
+        write_config(workdir, cfg)
+    text = proc.stdout + proc.stderr
+    extract = text.split("rule extract_activations:", 1)[1].split("rule ", 1)[0]
+    assert "slurm_partition=gpu" in extract and "gpu=1" in extract and "tasks_per_gpu=0" in extract
+    corpus = text.split("rule sample_corpus:", 1)[1].split("rule ", 1)[0]
+    assert "slurm_partition=cpu" in corpus and "gpu=" not in corpus
+
+
 def test_lint_and_format_are_clean():
     lint = subprocess.run(
         [snakemake_bin(), "--lint", "--directory", str(REPO)], capture_output=True, text=True, cwd=REPO
