@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import REPO, copy_workflow, snakemake_bin, write_gcide_sample
 
 pytestmark = pytest.mark.workflow

@@ -1,6 +1,7 @@
 """Rule extract_activations: one (model, corpus, layer, shard) of residual activations."""
 
 import zarr
+
 from mneme.extraction import extract_shard
 from mneme.logs import set_threads, setup_logging
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from mneme.activation_store import (
     ActivationStore,
     PairedStores,

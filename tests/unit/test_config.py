@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from mneme.config import ConfigError, apply_defaults, corpus_tokenizer, validate_config
 from mneme.models import check_pair, prepare_model
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+
 from mneme.corpus import CorpusTooSmall, docs_table, pack, sample_corpus
 from mneme.models import load_tokenizer
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from transformers import AutoModelForCausalLM
+
 from mneme.activation_store import ActivationStore, decode_16bit, encode_16bit, write_manifest
 from mneme.extraction import LayerExtractor, extract_shard, shard_contexts
-from transformers import AutoModelForCausalLM
 
 
 @pytest.fixture(scope="module")

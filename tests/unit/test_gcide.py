@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from mneme import gcide
 from mneme.gcide import Sense
 
