@@ -23,6 +23,7 @@ include: "rules/models.smk"
 include: "rules/organism.smk"
 include: "rules/corpus.smk"
 include: "rules/activations.smk"
+include: "rules/crosscoder.smk"
 
 
 rule all:

@@ -100,10 +100,7 @@ def pair_manifests(pair):
 
 
 def all_targets():
-    targets = []
-    for pair in config["pairs"]:
-        targets += list(pair_manifests(pair).values())
-    return targets
+    return [f"{RESULTS}/{pair}/crosscoder" for pair in config["pairs"]]
 
 
 def gate(paths):

@@ -56,7 +56,7 @@ def write_config(workdir: Path, cfg: dict) -> None:
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
-    """A copy of the workflow run once through the activation stage on the tiny config."""
+    """A copy of the workflow run once end to end (as far as the stages exist) on the tiny config."""
     workdir = copy_workflow(tmp_path_factory.mktemp("wf"))
     gcide = write_gcide_sample(workdir / "gcide-sample.dict.gz")
     cfg = tiny_config(gcide)
@@ -87,10 +87,22 @@ def test_activation_stage_outputs(workflow):
     assert (res / "logs/extract_activations/tiny-base/tiny-gcide/L2/shard_0.log").read_text().count(
         "tokens/s"
     ) >= 1
-    assert (
-        snakemake(workdir, "-n").stdout.count("Nothing to be done")
-        or "Nothing to be done" in snakemake(workdir, "-n").stderr
-    )
+    out = snakemake(workdir, "-n")
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_crosscoder_stage_outputs(workflow):
+    import json
+
+    workdir, cfg = workflow
+    out = workdir / "results/tiny/crosscoder"
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["k"] == 8 and conf["dict_size"] == 256
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and {"step", "loss", "l0", "lr"} <= set(metrics[-1])
+    val = json.loads((out / "validation.json").read_text())
+    assert 0 <= val["fvu_base"] < 1 and 0 <= val["fvu_ft"] < 1
+    assert not (workdir / "results/tiny/crosscoder.tmp").exists()
 
 
 def test_config_edits_rerun_only_affected_stages(workflow):
@@ -114,6 +126,9 @@ def test_config_edits_rerun_only_affected_stages(workflow):
         and jobs.get("extract_activations") == 2
         and "sample_corpus" not in jobs
     )
+    cc = {**cfg, "crosscoder": {**cfg["crosscoder"], "k": 6}}
+    write_config(workdir, cc)
+    assert scheduled(workdir) == {"train_crosscoder": 1, "all": 1}  # a later-stage value: no corpus/extraction
     write_config(workdir, cfg)
     assert scheduled(workdir) == {}
 

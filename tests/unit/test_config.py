@@ -152,3 +152,16 @@ def test_layer_checked_from_prepared_model_card(tmp_path):
     assert "pairs.bio-rmu.layer: 6 is out of range for model 'smollm2' with 4 blocks" in str(
         pytest.raises(ConfigError, validate_config, cfg, SCHEMA, REPO, results_dir=tmp_path).value
     )
+
+
+def test_crosscoder_schema_matches_training_config():
+    """config/schema.yaml's crosscoder section and CrosscoderTrainConfig stay in sync."""
+    import dataclasses
+
+    from mneme.training import CrosscoderTrainConfig
+
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]["crosscoder"]["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(CrosscoderTrainConfig)}
+    assert set(props) == set(fields)
+    for name, default in fields.items():
+        assert props[name]["default"] == pytest.approx(default) if isinstance(default, float) else props[name]["default"] == default, name

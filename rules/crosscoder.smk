@@ -1,0 +1,25 @@
+# train_crosscoder: BatchTopK crosscoder on a pair's paired activation stores, streamed from
+# zarr. A killed job resumes from the checkpoint kept in results/{pair}/crosscoder.tmp/.
+
+
+rule train_crosscoder:
+    input:
+        unpack(lambda wc: pair_manifests(wc.pair)),
+        code=code("training", "crosscoder", "paired_loader", "activation_store"),
+    output:
+        directory(f"{RESULTS}/{{pair}}/crosscoder"),
+    log:
+        logs("train_crosscoder/{pair}.log"),
+    benchmark:
+        benchmarks("train_crosscoder/{pair}.tsv")
+    wildcard_constraints:
+        pair=one_of(list(config["pairs"])),
+    conda:
+        "../envs/mneme.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        options=config["crosscoder"],
+    script:
+        "../workflow_scripts/train_crosscoder.py"
