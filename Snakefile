@@ -19,11 +19,18 @@ validate_config(config, os.path.join(workflow.basedir, "config/schema.yaml"), wo
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    pair=one_of(list(config["pairs"])),
+
+
 include: "rules/models.smk"
 include: "rules/organism.smk"
 include: "rules/corpus.smk"
 include: "rules/activations.smk"
 include: "rules/crosscoder.smk"
+include: "rules/latents.smk"
 
 
 rule all:

@@ -99,8 +99,13 @@ def pair_manifests(pair):
     return {role: manifest(s[role], s["corpus"], s["layer"]) for role in ("base", "finetuned")}
 
 
+def pair_corpus(pair, name):
+    """A file of the pair's corpus: tokens.zarr or docs.parquet."""
+    return f"{RESULTS}/corpus/{config['pairs'][pair]['corpus']}/{name}"
+
+
 def all_targets():
-    return [f"{RESULTS}/{pair}/crosscoder" for pair in config["pairs"]]
+    return [f"{RESULTS}/{pair}/contexts.parquet" for pair in config["pairs"]]
 
 
 def gate(paths):

@@ -12,8 +12,6 @@ rule train_crosscoder:
         logs("train_crosscoder/{pair}.log"),
     benchmark:
         benchmarks("train_crosscoder/{pair}.tsv")
-    wildcard_constraints:
-        pair=one_of(list(config["pairs"])),
     conda:
         "../envs/mneme.yaml"
     threads: 2

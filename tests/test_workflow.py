@@ -128,9 +128,38 @@ def test_config_edits_rerun_only_affected_stages(workflow):
     )
     cc = {**cfg, "crosscoder": {**cfg["crosscoder"], "k": 6}}
     write_config(workdir, cc)
-    assert scheduled(workdir) == {"train_crosscoder": 1, "all": 1}  # a later-stage value: no corpus/extraction
+    jobs = scheduled(workdir)  # a later-stage value: no corpus or extraction job
+    assert jobs.get("train_crosscoder") == 1 and not {"sample_corpus", "extract_activations"} & set(jobs)
     write_config(workdir, cfg)
     assert scheduled(workdir) == {}
+
+
+def test_latent_stage_outputs(workflow):
+    import json
+
+    workdir, cfg = workflow
+    res = workdir / "results/tiny"
+    latents = pd.read_parquet(res / "latents.parquet")
+    assert len(latents) == 256 and {"delta", "delta_bin", "freq", "dead"} <= set(latents.columns)
+    betas = pd.read_parquet(res / "betas.parquet")
+    assert {"nu_r", "nu_eps", "mu_r", "mu_eps"} <= set(betas.columns)
+    attribution = pd.read_parquet(res / "attribution.parquet")
+    assert set(attribution["direction"]) <= {"amplified", "suppressed", "unchanged", "dead"}
+    selected = json.loads((res / "selected_latents.json").read_text())
+    contexts = pd.read_parquet(res / "contexts.parquet")
+    assert set(contexts["latent"]) <= set(selected) and {"top", "negative"} <= set(contexts["kind"])
+    assert json.loads((res / "scaling_cost.json").read_text())["cost_vs_inference"] > 0
+    mass = pd.read_parquet(res / "category_mass.parquet")
+    assert mass["category"].nunique() > 1
+
+
+def test_attribution_edit_reruns_only_attribution(workflow):
+    workdir, cfg = workflow
+    write_config(workdir, {**cfg, "attribution": {**cfg["attribution"], "tau_r": 0.4}})
+    try:
+        assert scheduled(workdir) == {"attribute": 1, "collect_contexts": 1, "all": 1}
+    finally:
+        write_config(workdir, cfg)
 
 
 def test_code_edit_reruns_only_its_stages(workflow):

@@ -1,0 +1,91 @@
+# Per-pair latent analysis (method.md F10-F12): latent_stats (decoder norms, frequencies, top-N
+# contexts, category mass), latent_scaling (closed-form betas, one pass), attribute (amplified /
+# suppressed / unchanged), collect_contexts (example windows for the latents to interpret).
+
+
+rule latent_stats:
+    input:
+        unpack(lambda wc: pair_manifests(wc.pair)),
+        crosscoder=f"{RESULTS}/{{pair}}/crosscoder",
+        tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
+        docs=lambda wc: pair_corpus(wc.pair, "docs.parquet"),
+        code=code("latent_stats", "crosscoder", "activation_store"),
+    output:
+        latents=f"{RESULTS}/{{pair}}/latents.parquet",
+        topk=f"{RESULTS}/{{pair}}/topk.npz",
+        category_mass=f"{RESULTS}/{{pair}}/category_mass.parquet",
+    log:
+        logs("latent_stats/{pair}.log"),
+    benchmark:
+        benchmarks("latent_stats/{pair}.tsv")
+    conda:
+        "../envs/mneme.yaml"
+    threads: 2
+    params:
+        options=config["latents"],
+    script:
+        "../workflow_scripts/latent_stats.py"
+
+
+rule latent_scaling:
+    input:
+        unpack(lambda wc: pair_manifests(wc.pair)),
+        crosscoder=f"{RESULTS}/{{pair}}/crosscoder",
+        code=code("latent_scaling", "crosscoder", "activation_store", "paired_loader"),
+    output:
+        betas=f"{RESULTS}/{{pair}}/betas.parquet",
+        cost=f"{RESULTS}/{{pair}}/scaling_cost.json",
+    log:
+        logs("latent_scaling/{pair}.log"),
+    benchmark:
+        benchmarks("latent_scaling/{pair}.tsv")
+    conda:
+        "../envs/mneme.yaml"
+    threads: 2
+    params:
+        options=config["scaling"],
+    script:
+        "../workflow_scripts/latent_scaling.py"
+
+
+rule attribute:
+    input:
+        latents=f"{RESULTS}/{{pair}}/latents.parquet",
+        betas=f"{RESULTS}/{{pair}}/betas.parquet",
+        code=code("attribution"),
+    output:
+        attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
+        summary=f"{RESULTS}/{{pair}}/attribution_summary.json",
+        selected=f"{RESULTS}/{{pair}}/selected_latents.json",
+    log:
+        logs("attribute/{pair}.log"),
+    localrule: True
+    conda:
+        "../envs/mneme.yaml"
+    params:
+        options=config["attribution"],
+    script:
+        "../workflow_scripts/attribute.py"
+
+
+rule collect_contexts:
+    input:
+        unpack(lambda wc: pair_manifests(wc.pair)),
+        crosscoder=f"{RESULTS}/{{pair}}/crosscoder",
+        tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
+        topk=f"{RESULTS}/{{pair}}/topk.npz",
+        selected=f"{RESULTS}/{{pair}}/selected_latents.json",
+        code=code("latent_stats", "crosscoder", "activation_store"),
+    output:
+        f"{RESULTS}/{{pair}}/contexts.parquet",
+    log:
+        logs("collect_contexts/{pair}.log"),
+    benchmark:
+        benchmarks("collect_contexts/{pair}.tsv")
+    conda:
+        "../envs/mneme.yaml"
+    threads: 2
+    params:
+        options=config["latents"],
+    script:
+        "../workflow_scripts/collect_contexts.py"

@@ -1,0 +1,37 @@
+"""Rule attribute: amplified / suppressed / unchanged per latent, and the latents to explain."""
+
+import json
+
+import pandas as pd
+
+from mneme.attribution import attribute, attribution_summary, select_for_interpretation
+from mneme.logs import setup_logging
+
+
+def main(smk) -> None:
+    log = setup_logging(smk.log[0])
+    opts = smk.params.options
+    table = attribute(
+        pd.read_parquet(smk.input.latents),
+        pd.read_parquet(smk.input.betas),
+        mode=opts["mode"],
+        tau_r=opts["tau_r"],
+        tau_eps=opts["tau_eps"],
+        kappa=opts["kappa"],
+        min_freq=opts["min_freq"],
+        min_active=opts["min_active"],
+    )
+    table.to_parquet(smk.output.attribution, index=False)
+    summary = attribution_summary(table)
+    with open(smk.output.summary, "w") as fh:
+        json.dump(summary, fh, indent=2, default=str)
+    selected = select_for_interpretation(
+        table, top_k=opts["top_k"], n_unchanged=opts["n_unchanged"], seed=opts["seed"]
+    )
+    with open(smk.output.selected, "w") as fh:
+        json.dump([int(x) for x in selected], fh)
+    log.info("attribution: %s; %d latents selected for interpretation", summary.get("counts"), len(selected))
+
+
+if __name__ == "__main__":
+    main(snakemake)
