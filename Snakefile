@@ -31,6 +31,7 @@ include: "rules/corpus.smk"
 include: "rules/activations.smk"
 include: "rules/crosscoder.smk"
 include: "rules/latents.smk"
+include: "rules/interpret.smk"
 
 
 rule all:

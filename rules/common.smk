@@ -105,7 +105,7 @@ def pair_corpus(pair, name):
 
 
 def all_targets():
-    return [f"{RESULTS}/{pair}/contexts.parquet" for pair in config["pairs"]]
+    return [f"{RESULTS}/{pair}/categories.parquet" for pair in config["pairs"]]
 
 
 def gate(paths):
@@ -116,3 +116,28 @@ def gate(paths):
     recomputed because a check file was rewritten.
     """
     return [ancient(p) for p in paths]
+
+
+def explainer_dir():
+    """Prepared directory of the model the vLLM backend serves."""
+    return model_dir(config["interpret"]["vllm"]["model"])
+
+
+def interpret_inputs(wildcards):
+    """The pair's tokenizer, plus the explainer model (vllm) or the corpus tokens (keywords)."""
+    backend = config["interpret"]["backend"]
+    extra = {"tokenizer": model_dir(config["pairs"][wildcards.pair]["base"])}
+    if backend == "vllm":
+        extra["explainer"] = explainer_dir()
+    elif backend == "keywords":
+        extra["tokens"] = pair_corpus(wildcards.pair, "tokens.zarr")
+    return extra
+
+
+def map_categories_inputs(wildcards):
+    uses_llm = "llm" in config["categories"]["methods"] and config["interpret"]["backend"] == "vllm"
+    return {"explainer": explainer_dir()} if uses_llm else {}
+
+
+def category_file():
+    return resolve_path(config["categories"]["file"] or config["gcide"]["categories"], workflow.basedir)

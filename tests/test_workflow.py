@@ -153,11 +153,26 @@ def test_latent_stage_outputs(workflow):
     assert mass["category"].nunique() > 1
 
 
+def test_interpretation_stage_outputs(workflow):
+    from mneme.interpret import read_table
+
+    workdir, cfg = workflow
+    res = workdir / "results/tiny"
+    explanations = read_table(res / "explanations.jsonl")
+    assert len(explanations) > 0 and explanations["explanation"].str.startswith("[keywords]").all()
+    assert (explanations["backend"] == "keywords").all()
+    cats = pd.read_parquet(res / "categories.parquet")
+    assert set(cats["latent"]) == set(explanations["latent"])
+    assert {"category", "category_embedding", "category_provenance"} <= set(cats.columns)
+    assert (res / "cache" / "interpret.jsonl").is_file()
+
+
 def test_attribution_edit_reruns_only_attribution(workflow):
     workdir, cfg = workflow
     write_config(workdir, {**cfg, "attribution": {**cfg["attribution"], "tau_r": 0.4}})
     try:
-        assert scheduled(workdir) == {"attribute": 1, "collect_contexts": 1, "all": 1}
+        jobs = scheduled(workdir)
+        assert set(jobs) == {"attribute", "collect_contexts", "interpret", "map_categories", "all"}
     finally:
         write_config(workdir, cfg)
 

@@ -164,4 +164,41 @@ def test_crosscoder_schema_matches_training_config():
     fields = {f.name: f.default for f in dataclasses.fields(CrosscoderTrainConfig)}
     assert set(props) == set(fields)
     for name, default in fields.items():
-        assert props[name]["default"] == pytest.approx(default) if isinstance(default, float) else props[name]["default"] == default, name
+        assert (
+            props[name]["default"] == pytest.approx(default)
+            if isinstance(default, float)
+            else props[name]["default"] == default
+        ), name
+
+
+def schema_defaults(node: dict) -> object:
+    """The defaults a schema object implies, recursively (objects without properties: their default)."""
+    if node.get("type") == "object" and "properties" in node:
+        return {k: schema_defaults(v) for k, v in node["properties"].items()}
+    return node.get("default")
+
+
+def test_interpret_and_categories_schema_match_library_defaults():
+    import dataclasses
+
+    from mneme.categorize import DEFAULTS as CATEGORIES
+    from mneme.explainer_prompts import PromptConfig
+    from mneme.interpret import DEFAULTS as INTERPRET
+
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]
+    interpret = {**INTERPRET, "prompt": dataclasses.asdict(PromptConfig())}
+    assert schema_defaults(props["interpret"]) == interpret
+    schema_cat = schema_defaults(props["categories"])
+    assert schema_cat.pop("file") is None  # resolved by the workflow, not the library
+    assert schema_cat == CATEGORIES
+
+
+def test_interpret_needs_a_known_explainer_model():
+    cfg = default_config()
+    cfg["interpret"]["vllm"]["model"] = "nope"
+    cfg["categories"] = {"methods": ["embedding"], "predict_with": "provenance"}
+    msg = problems(cfg)
+    assert (
+        "interpret.vllm.model: backend 'vllm' needs the explainer model's name in `models`, got 'nope'" in msg
+    )
+    assert "categories.predict_with: 'provenance' is not among categories.methods" in msg

@@ -274,6 +274,28 @@ def semantic_problems(
         out += _pair_problems(name, pair, cfg, results_dir)
     for name, corpus in cfg["corpora"].items():
         out += _corpus_problems(name, corpus, cfg, categories)
+    out += _interpret_problems(cfg, basedir)
+    return out
+
+
+def _interpret_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
+    out, interp, cats = [], cfg["interpret"], cfg["categories"]
+    model = interp["vllm"]["model"]
+    if interp["backend"] == "vllm" and model not in cfg["models"]:
+        out.append(
+            f"interpret.vllm.model: backend 'vllm' needs the explainer model's name in `models`, got {model!r}; "
+            f"defined models: {', '.join(cfg['models'])}"
+        )
+    if interp["backend"] == "openai":
+        for key in ("base_url", "model"):
+            if not interp["openai"][key]:
+                out.append(f"interpret.openai.{key}: required for backend 'openai'")
+    if cats["predict_with"] not in cats["methods"]:
+        out.append(
+            f"categories.predict_with: {cats['predict_with']!r} is not among categories.methods {cats['methods']}"
+        )
+    if cats["file"] and not os.path.isfile(resolve_path(cats["file"], basedir)):
+        out.append(f"categories.file: {cats['file']!r} not found")
     return out
 
 

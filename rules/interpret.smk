@@ -1,0 +1,58 @@
+# interpret: explain the attributed latents with an LLM (a vLLM server started and stopped inside
+# the job, any OpenAI-compatible endpoint, or the no-LLM keywords backend). Explanations are
+# cached per (latent, prompt hash, explainer) in results/{pair}/cache/, outside the outputs, so a
+# re-run only asks for what changed. map_categories: a category per latent from the explanation
+# (sentence embeddings or the LLM) and from provenance (corpus labels of its activation mass).
+
+
+rule interpret:
+    input:
+        unpack(interpret_inputs),
+        contexts=f"{RESULTS}/{{pair}}/contexts.parquet",
+        attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
+        code=code("interpret", "explainer_prompts", "llm_backends", "models"),
+    output:
+        f"{RESULTS}/{{pair}}/explanations.jsonl",
+    log:
+        logs("interpret/{pair}.log"),
+    benchmark:
+        benchmarks("interpret/{pair}.tsv")
+    conda:
+        "../envs/mneme.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(config["interpret"]["backend"] == "vllm"),
+    params:
+        options=config["interpret"],
+        cache=lambda wc: f"{RESULTS}/{wc.pair}/cache/interpret.jsonl",
+    script:
+        "../workflow_scripts/interpret.py"
+
+
+rule map_categories:
+    input:
+        unpack(map_categories_inputs),
+        explanations=f"{RESULTS}/{{pair}}/explanations.jsonl",
+        attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
+        category_mass=f"{RESULTS}/{{pair}}/category_mass.parquet",
+        categories=category_file(),
+        code=code("categorize", "interpret", "explainer_prompts", "llm_backends"),
+    output:
+        f"{RESULTS}/{{pair}}/categories.parquet",
+    log:
+        logs("map_categories/{pair}.log"),
+    benchmark:
+        benchmarks("map_categories/{pair}.tsv")
+    conda:
+        "../envs/mneme.yaml"
+    threads: 2
+    resources:
+        gpu=lambda wc: int(
+            "llm" in config["categories"]["methods"] and config["interpret"]["backend"] == "vllm"
+        ),
+    params:
+        options={k: v for k, v in config["categories"].items() if k != "file"},
+        interpret=lambda wc: config["interpret"] if "llm" in config["categories"]["methods"] else {},
+        cache=lambda wc: f"{RESULTS}/{wc.pair}/cache/classify.jsonl",
+    script:
+        "../workflow_scripts/map_categories.py"

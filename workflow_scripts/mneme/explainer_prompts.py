@@ -1,0 +1,441 @@
+"""Prompts for explaining crosscoder latents, scoring the explanations and classifying them.
+
+Three prompt kinds, all returned as OpenAI-style chat messages (``[{"role", "content"}, ...]``):
+
+- Explainer (method.md F14, in the style of delphi's DefaultExplainer): the top-activating
+  examples of one latent, each shown as text with the activating tokens marked ``<<...>>`` and
+  followed by a list of up to 10 activating tokens with a 0-10 activation level. The answer ends
+  with ``[EXPLANATION]: ...``; :func:`parse_explanation` extracts it.
+- Detection (F15): given an explanation, the explainer judges held-out examples (quantile
+  examples are positives, non-activating ones negatives) as activating or not;
+  :func:`detection_metrics` turns the judgments into balanced accuracy, precision, recall, F1.
+- Category classification (stage 9): one label of the category set or ``none``.
+
+Everything here is pure Python (no model, no network) so that it can be tested exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+EXPLANATION_MARKER = "[EXPLANATION]:"
+NONE_LABEL = "none"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are studying a neural network feature: a direction inside a language model that becomes "
+    "active on some tokens of a text. You will see text excerpts on which the feature is strongly "
+    "active. In each excerpt the tokens where the feature is active are marked between << and >>. "
+    'Under each excerpt, a line "Activations:" lists these tokens with their activation level '
+    "from 0 (inactive) to 10 (the strongest activation of the feature).\n\n"
+    "Work out what the marked tokens and their surroundings have in common: a topic or domain, "
+    "a kind of word, a grammatical role, a formatting pattern, or something that the following "
+    "text is likely to be about. Prefer a specific description to a generic one, and mention "
+    "the subject area when the excerpts share one.\n\n"
+    "Keep any reasoning short. End your answer with one line of the form\n"
+    f"{EXPLANATION_MARKER} <a concise description of the feature, one sentence at most>"
+)
+
+DEFAULT_DETECTION_SYSTEM_PROMPT = (
+    "You check descriptions of neural network features. A feature is a direction inside a "
+    "language model that becomes active on certain texts. You will get the description of one "
+    "feature and a numbered list of text excerpts. For each excerpt decide whether the feature "
+    "is active somewhere in it, judging only from the description.\n\n"
+    "Answer with a single list of 0s and 1s in square brackets, one number per excerpt in the "
+    "order given (1 = active, 0 = not active), for example [1, 0, 0, 1]. Write nothing else."
+)
+
+DEFAULT_CLASSIFY_SYSTEM_PROMPT = (
+    "You sort descriptions of neural network features into subject categories. You will get a "
+    "list of categories, each with a definition, and the description of one feature. Choose the "
+    "single category that the described feature is about. If it fits none of them, or the "
+    f"description is not about a subject at all, choose {NONE_LABEL}.\n\n"
+    "Answer with the category name only, exactly as written in the list."
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    n_positive: int = 20  # quantile (activating) examples judged per latent
+    n_negative: int = 20  # non-activating examples judged per latent
+    batch_size: int = 5  # examples per detection prompt
+    max_tokens: int = 48
+    seed: int = 0
+    system_prompt: str | None = None  # None: DEFAULT_DETECTION_SYSTEM_PROMPT
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Settings that shape the explainer prompt and request (all enter the prompt hash)."""
+
+    n_examples: int = 20  # top-activating examples shown (delphi: 40; fewer fit small explainers)
+    threshold: float = 0.3  # highlight tokens with a > threshold * max(a in the example)
+    max_listed_tokens: int = 10  # activating tokens listed after each example
+    show_activations: bool = True  # the "Activations:" line under each example
+    system_prompt: str | None = None  # None: DEFAULT_SYSTEM_PROMPT
+    max_tokens: int = 256  # answer length of the explainer
+    temperature: float = 0.0
+    classify_max_tokens: int = 16  # answer length of the category classifier
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any] | PromptConfig | None) -> PromptConfig:
+        """Build from a config mapping; unknown keys are an error naming the key."""
+        if isinstance(cfg, PromptConfig):
+            return cfg
+        cfg = dict(cfg or {})
+        det = cfg.pop("detection", None)
+        _check_keys(cfg, cls, "interpret.prompt")
+        if det is not None and not isinstance(det, DetectionConfig):
+            det = dict(det)
+            _check_keys(det, DetectionConfig, "interpret.prompt.detection")
+            det = DetectionConfig(**det)
+        out = cls(**cfg, **({"detection": det} if det is not None else {}))
+        if out.n_examples < 1:
+            raise ValueError("interpret.prompt.n_examples must be >= 1")
+        if not 0.0 <= out.threshold < 1.0:
+            raise ValueError("interpret.prompt.threshold must be in [0, 1)")
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_keys(cfg: Mapping, cls, where: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+
+
+def prompt_hash(messages: Sequence[Mapping[str, str]], **params: Any) -> str:
+    """Stable short hash of a request: the messages plus generation parameters."""
+    blob = json.dumps({"messages": list(messages), "params": params}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# token rendering
+
+
+def decode_tokens(tokenizer, token_ids: Sequence[int]) -> list[str]:
+    """One string per token (special tokens become empty strings, so positions stay aligned)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    return ["" if int(t) in special else tokenizer.decode([int(t)]) for t in token_ids]
+
+
+def _clean(text: str) -> str:
+    """Keep each example on one line: newlines and tabs are shown escaped."""
+    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def highlight(str_tokens: Sequence[str], activations: Sequence[float], threshold: float = 0.3) -> str:
+    """Text with every run of consecutive tokens above ``threshold * max`` wrapped in ``<<...>>``."""
+    if len(str_tokens) != len(activations):
+        raise ValueError(f"{len(str_tokens)} tokens but {len(activations)} activations")
+    top = max(activations, default=0.0)
+    if top <= 0:
+        return _clean("".join(str_tokens))
+    cut = threshold * top
+    out: list[str] = []
+    inside = False
+    for tok, act in zip(str_tokens, activations):
+        hot = act > cut
+        if hot and not inside:
+            out.append("<<")
+        elif not hot and inside:
+            out.append(">>")
+        inside = hot
+        out.append(_clean(tok))
+    if inside:
+        out.append(">>")
+    return "".join(out)
+
+
+def scale_activation(a: float, max_latent_activation: float) -> int:
+    """delphi's 0-10 level: clamp(ceil(10 * a / max_latent_activation), 0, 10)."""
+    if max_latent_activation <= 0 or not math.isfinite(a):
+        return 0
+    return int(min(10, max(0, math.ceil(10.0 * a / max_latent_activation))))
+
+
+def activation_list(
+    str_tokens: Sequence[str],
+    activations: Sequence[float],
+    max_latent_activation: float,
+    threshold: float = 0.3,
+    max_listed: int = 10,
+) -> str:
+    """``("tok" : 7), ("tok2" : 3)``: the highlighted tokens in text order, at most ``max_listed``."""
+    top = max(activations, default=0.0)
+    if top <= 0:
+        return ""
+    cut = threshold * top
+    items = [
+        f'("{_clean(tok)}" : {scale_activation(act, max_latent_activation)})'
+        for tok, act in zip(str_tokens, activations)
+        if act > cut
+    ]
+    return ", ".join(items[:max_listed])
+
+
+# ---------------------------------------------------------------------------------------------
+# explainer prompt
+
+
+@dataclass(frozen=True)
+class Example:
+    """One window of tokens with this latent's activation on each token."""
+
+    token_ids: tuple[int, ...]
+    activations: tuple[float, ...]
+
+    @classmethod
+    def of(cls, token_ids: Sequence[int], activations: Sequence[float]) -> Example:
+        return cls(tuple(int(t) for t in token_ids), tuple(float(a) for a in activations))
+
+
+def render_example(
+    index: int, str_tokens: Sequence[str], activations: Sequence[float], max_act: float, cfg: PromptConfig
+) -> str:
+    text = f"Example {index}: {highlight(str_tokens, activations, cfg.threshold)}"
+    if cfg.show_activations:
+        listed = activation_list(str_tokens, activations, max_act, cfg.threshold, cfg.max_listed_tokens)
+        text += f"\nActivations: {listed}"
+    return text
+
+
+def build_explainer_prompt(
+    examples: Sequence[Example],
+    tokenizer,
+    cfg: PromptConfig | Mapping | None = None,
+    max_latent_activation: float | None = None,
+) -> list[dict[str, str]]:
+    """Chat messages asking for an explanation of one latent from its top examples.
+
+    ``examples`` are in rank order; the first ``cfg.n_examples`` are shown.
+    ``max_latent_activation`` defaults to the largest activation among the shown examples.
+    """
+    cfg = PromptConfig.from_dict(cfg)
+    shown = list(examples)[: cfg.n_examples]
+    if not shown:
+        raise ValueError("no examples to explain")
+    if max_latent_activation is None:
+        max_latent_activation = max(max(e.activations, default=0.0) for e in shown)
+    blocks = [
+        render_example(i, decode_tokens(tokenizer, e.token_ids), e.activations, max_latent_activation, cfg)
+        for i, e in enumerate(shown, start=1)
+    ]
+    user = "\n\n".join(blocks)
+    return [
+        {"role": "system", "content": cfg.system_prompt or DEFAULT_SYSTEM_PROMPT},
+        {"role": "user", "content": user},
+    ]
+
+
+_MARKER_RE = re.compile(r"\[\s*explanation\s*\]\s*:?", re.IGNORECASE)
+_FALLBACK_EXPLANATION = ""
+
+
+def parse_explanation(answer: str | None) -> str:
+    """The explanation in an explainer answer.
+
+    Takes the text after the last ``[EXPLANATION]:`` marker (any case, spaces allowed), up to the
+    first blank line. Without a marker, takes the last non-empty line. Strips quotes, markdown
+    emphasis and surrounding whitespace; collapses inner whitespace. Never raises; an empty or
+    missing answer gives ``""``.
+    """
+    if not answer:
+        return _FALLBACK_EXPLANATION
+    text = answer.replace("\r\n", "\n")
+    markers = list(_MARKER_RE.finditer(text))
+    if markers:
+        tail = text[markers[-1].end() :].strip()
+        tail = re.split(r"\n\s*\n", tail, maxsplit=1)[0]  # trailing junk after a blank line
+    else:
+        lines = [ln for ln in text.split("\n") if ln.strip()]
+        tail = lines[-1] if lines else ""
+    tail = re.sub(r"\s+", " ", tail).strip()
+    tail = tail.strip("*_`").strip()
+    if len(tail) >= 2 and tail[0] == tail[-1] and tail[0] in "\"'":
+        tail = tail[1:-1].strip()
+    return tail
+
+
+# ---------------------------------------------------------------------------------------------
+# detection scoring (F15)
+
+
+@dataclass(frozen=True)
+class DetectionItem:
+    text: str
+    label: bool  # True: an activating (quantile) example, False: a non-activating one
+
+
+def detection_items(
+    tokenizer,
+    positives: Sequence[Example],
+    negatives: Sequence[Example],
+    cfg: PromptConfig | Mapping | None = None,
+    seed: int | None = None,
+) -> list[DetectionItem]:
+    """Up to n_positive + n_negative plain-text examples (no highlighting), deterministically mixed."""
+    cfg = PromptConfig.from_dict(cfg)
+    det = cfg.detection
+    items = [
+        DetectionItem(_clean("".join(decode_tokens(tokenizer, e.token_ids))), True)
+        for e in positives[: det.n_positive]
+    ]
+    items += [
+        DetectionItem(_clean("".join(decode_tokens(tokenizer, e.token_ids))), False)
+        for e in negatives[: det.n_negative]
+    ]
+    random.Random(det.seed if seed is None else seed).shuffle(items)
+    return items
+
+
+def build_detection_prompts(
+    explanation: str, items: Sequence[DetectionItem], cfg: PromptConfig | Mapping | None = None
+) -> list[list[dict[str, str]]]:
+    """One chat prompt per batch of ``detection.batch_size`` items."""
+    cfg = PromptConfig.from_dict(cfg)
+    bs = max(1, cfg.detection.batch_size)
+    system = cfg.detection.system_prompt or DEFAULT_DETECTION_SYSTEM_PROMPT
+    prompts = []
+    for start in range(0, len(items), bs):
+        batch = items[start : start + bs]
+        lines = [f"Feature description: {explanation}", "", "Excerpts:"]
+        lines += [f"{i}. {item.text}" for i, item in enumerate(batch, start=1)]
+        lines += ["", f"Give a list of {len(batch)} numbers (0 or 1)."]
+        prompts.append([{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}])
+    return prompts
+
+
+_LIST_RE = re.compile(r"\[([^\[\]]*)\]")
+
+
+def parse_detection(answer: str | None, n: int) -> list[bool | None]:
+    """Judgments for ``n`` excerpts from an answer like ``[1, 0, 1]``.
+
+    Uses the last bracketed list of exactly ``n`` 0/1 values; failing that, the last bracketed
+    list of 0/1 values (padded with None or cut to ``n``); failing that, the first ``n`` standalone
+    0/1 digits. Unreadable positions are None.
+    """
+    if not answer:
+        return [None] * n
+    candidates = []
+    for m in _LIST_RE.finditer(answer):
+        vals = re.findall(r"[^,\s]+", m.group(1))
+        if vals and all(v.strip("'\"") in ("0", "1") for v in vals):
+            candidates.append([v.strip("'\"") == "1" for v in vals])
+    exact = [c for c in candidates if len(c) == n]
+    if exact:
+        vals = exact[-1]
+    elif candidates:
+        vals = candidates[-1]
+    else:
+        vals = [d == "1" for d in re.findall(r"(?<![\d.])[01](?![\d.])", answer)]
+    out: list[bool | None] = list(vals[:n])
+    return out + [None] * (n - len(out))
+
+
+def detection_metrics(labels: Sequence[bool], predictions: Sequence[bool | None]) -> dict[str, float]:
+    """delphi's classification metrics; an unreadable judgment (None) counts as a wrong one.
+
+    balanced_accuracy = (TP/P + TN/N)/2, precision = TP/(TP+FP), recall = TP/P, F1 = 2PR/(P+R).
+    Undefined ratios (no positives, no positive predictions) are 0.0.
+    """
+    if len(labels) != len(predictions):
+        raise ValueError(f"{len(labels)} labels but {len(predictions)} predictions")
+    tp = fp = tn = fn = unparsed = 0
+    for y, p in zip(labels, predictions):
+        if p is None:
+            unparsed += 1
+            p = not y  # wrong by construction
+        if y and p:
+            tp += 1
+        elif y:
+            fn += 1
+        elif p:
+            fp += 1
+        else:
+            tn += 1
+    pos, neg = tp + fn, tn + fp
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else 0.0
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, pos)
+    tnr = ratio(tn, neg)
+    parts = [r for r, n in ((recall, pos), (tnr, neg)) if n]
+    return {
+        "balanced_accuracy": sum(parts) / len(parts) if parts else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "n": len(labels),
+        "n_unparsed": unparsed,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# zero-shot category classification
+
+
+def build_classify_prompt(
+    explanation: str, categories: Mapping[str, str], system_prompt: str | None = None
+) -> list[dict[str, str]]:
+    """Chat prompt: pick one of ``categories`` (name -> definition) or ``none`` for an explanation."""
+    lines = ["Categories:"]
+    lines += [f"- {name}: {' '.join(str(desc).split())}" for name, desc in categories.items()]
+    lines.append(f"- {NONE_LABEL}: the description fits none of the categories above")
+    lines += ["", f"Feature description: {explanation}", "", "Category:"]
+    return [
+        {"role": "system", "content": system_prompt or DEFAULT_CLASSIFY_SYSTEM_PROMPT},
+        {"role": "user", "content": "\n".join(lines)},
+    ]
+
+
+def parse_category(answer: str | None, labels: Sequence[str]) -> tuple[str, float]:
+    """(label, confidence) from a classifier answer; labels are matched case-insensitively.
+
+    Confidence 1.0: the answer is exactly a label (or ``none``), ignoring case, quotes and
+    punctuation. 0.5: one or two labels occur as whole words in the answer (the earliest wins).
+    0.0: nothing recognisable, or three or more labels (an echo of the list): ``none``.
+    """
+    if not answer:
+        return NONE_LABEL, 0.0
+    canon = {lab.lower(): lab for lab in labels}
+    canon.setdefault(NONE_LABEL, NONE_LABEL)
+
+    def norm(s: str) -> str:
+        return re.sub(r"\s+", " ", re.sub(r"[^a-z0-9 _-]+", " ", s.lower())).strip()
+
+    first = norm(answer.strip().split("\n")[0])
+    first = re.sub(r"^(category|label|answer)\s*:?\s*", "", first).strip()
+    if first in canon:
+        return canon[first], 1.0
+    text = norm(answer)
+    found: list[tuple[int, str]] = []
+    for low, lab in canon.items():
+        m = re.search(rf"(?<![a-z0-9]){re.escape(low)}(?![a-z0-9])", text)
+        if m:
+            found.append((m.start(), lab))
+    # more than two labels: the model is echoing the list rather than choosing
+    if found and len(found) <= 2:
+        return min(found)[1], 0.5
+    return NONE_LABEL, 0.0
