@@ -7,8 +7,10 @@ from mneme.organism import make_organism
 def main(smk) -> None:
     setup_logging(smk.log[0])
     set_threads(smk.threads)
-    make_organism(smk.wildcards.model, dict(smk.params.spec), smk.input.base, smk.output[0], dict(smk.params.gcide))
+    make_organism(
+        smk.wildcards.model, dict(smk.params.spec), smk.input.base, smk.output[0], dict(smk.params.gcide)
+    )
 
 
 if __name__ == "__main__":
-    main(snakemake)
+    main(snakemake)  # noqa: F821 (injected by Snakemake)

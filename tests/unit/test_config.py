@@ -202,3 +202,9 @@ def test_interpret_needs_a_known_explainer_model():
         "interpret.vllm.model: backend 'vllm' needs the explainer model's name in `models`, got 'nope'" in msg
     )
     assert "categories.predict_with: 'provenance' is not among categories.methods" in msg
+
+
+def test_bad_organism_option_is_caught_before_any_job():
+    cfg = default_config()
+    cfg["models"]["smollm2-bio-rmu"]["options"] = {"stepz": 3}
+    assert "models.smollm2-bio-rmu.options.stepz: unknown option for method 'rmu'" in problems(cfg)

@@ -144,6 +144,13 @@ def _model_problems(name: str, spec: dict, models: dict, categories: set[str] | 
             out.append(f"{key}.base: unknown model {base!r}; defined models: {', '.join(models)}")
         elif base == name:
             out.append(f"{key}.base: an organism cannot be its own base")
+        if spec.get("method"):
+            from mneme.organism_options import resolve_options
+
+            try:
+                resolve_options(spec["method"], spec.get("options"))
+            except ValueError as exc:
+                out.append(f"{key}.{exc}")
         for field in ("forget_categories", "retain_categories"):
             for cat in spec.get(field, []):
                 if categories is not None and cat not in categories:

@@ -86,7 +86,9 @@ def write_card(out_dir: str | os.PathLike, name: str, spec: dict, weights: str) 
         "name": name,
         "spec": spec,
         # weights inside the prepared directory are recorded as "." so the directory can move
-        "weights": "." if Path(weights).resolve() == Path(out_dir).resolve() else str(Path(weights).resolve()),
+        "weights": "."
+        if Path(weights).resolve() == Path(out_dir).resolve()
+        else str(Path(weights).resolve()),
         "model_type": cfg_dict.get("model_type"),
         "num_hidden_layers": config_num_layers(cfg_dict),
         "hidden_size": cfg_dict.get("hidden_size") or cfg_dict.get("text_config", {}).get("hidden_size"),
