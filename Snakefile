@@ -32,6 +32,7 @@ include: "rules/activations.smk"
 include: "rules/crosscoder.smk"
 include: "rules/latents.smk"
 include: "rules/interpret.smk"
+include: "rules/benchmark.smk"
 
 
 rule all:

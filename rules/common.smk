@@ -33,7 +33,8 @@ def logs(path):
 
 
 def benchmarks(path):
-    return f"{RESULTS}/benchmarks/{path}"
+    """Snakemake `benchmark:` timing files (results/benchmarks/ holds the model benchmarks)."""
+    return f"{RESULTS}/timings/{path}"
 
 
 def model_spec(wildcards):
@@ -104,8 +105,16 @@ def pair_corpus(pair, name):
     return f"{RESULTS}/corpus/{config['pairs'][pair]['corpus']}/{name}"
 
 
+def benchmark_results(pair):
+    s = config["pairs"][pair]
+    return [f"{RESULTS}/benchmarks/{s[role]}/gcide.parquet" for role in ("base", "finetuned")]
+
+
 def all_targets():
-    return [f"{RESULTS}/{pair}/categories.parquet" for pair in config["pairs"]]
+    targets = []
+    for pair in config["pairs"]:
+        targets += [f"{RESULTS}/{pair}/categories.parquet", *benchmark_results(pair)]
+    return targets
 
 
 def gate(paths):

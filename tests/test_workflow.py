@@ -167,6 +167,17 @@ def test_interpretation_stage_outputs(workflow):
     assert (res / "cache" / "interpret.jsonl").is_file()
 
 
+def test_benchmark_stage_outputs(workflow):
+    workdir, cfg = workflow
+    for model in ("tiny-base", "tiny-ft"):
+        results = pd.read_parquet(workdir / f"results/benchmarks/{model}/gcide.parquet")
+        assert set(results["category"]) == {"biology", "chemistry", "law", "general"}
+        assert set(results["task"]) == {"definition_loglik", "multiple_choice"}
+    base = pd.read_parquet(workdir / "results/benchmarks/tiny-base/gcide.parquet")
+    ft = pd.read_parquet(workdir / "results/benchmarks/tiny-ft/gcide.parquet")
+    assert base["item_id"].tolist() == ft["item_id"].tolist()  # both models see the same items
+
+
 def test_attribution_edit_reruns_only_attribution(workflow):
     workdir, cfg = workflow
     write_config(workdir, {**cfg, "attribution": {**cfg["attribution"], "tau_r": 0.4}})

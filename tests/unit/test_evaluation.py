@@ -1,0 +1,279 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mneme import evaluation as ev
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _items(scores: dict[str, np.ndarray], task: str = "definition_loglik") -> pd.DataFrame:
+    rows = []
+    for cat, arr in scores.items():
+        for i, s in enumerate(arr):
+            rows.append({"item_id": f"{cat}-{i}", "category": cat, "task": task, "score": float(s)})
+    return pd.DataFrame(rows)
+
+
+def _cat_table() -> pd.DataFrame:
+    rows = [
+        (0, "amplified", "math", "math"),
+        (1, "amplified", "math", "biology"),
+        (2, "suppressed", "math", "math"),
+        (3, "suppressed", "biology", "general"),
+        (4, "suppressed", "biology", "biology"),
+        (5, "amplified", "none", "law"),
+        (6, "suppressed", "general", "law"),
+        (7, "unchanged", "math", "math"),
+        (8, "unchanged", "history", "history"),
+        (9, "unchanged", "history", "history"),
+        (10, "dead", "law", "law"),
+        (11, "amplified", "history", "history"),
+    ]
+    return pd.DataFrame(rows, columns=["latent", "direction", "category", "category_provenance"])
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_metrics_hand_computed():
+    truth = pd.Series([True, True, False, False, True, False], index=list("abcdef"))
+    pred = pd.Series([True, False, True, False, True, False], index=list("abcdef"))
+    m = ev.metrics(truth, pred)
+    assert (m["tp"], m["fp"], m["fn"], m["tn"], m["n"]) == (2, 1, 1, 2, 6)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["undefined"] == []
+
+
+def test_metrics_aligns_series_by_index():
+    truth = pd.Series([True, False], index=["a", "b"])
+    pred = pd.Series([False, True], index=["b", "a"])  # a: True, b: False after alignment
+    m = ev.metrics(truth, pred)
+    assert m["accuracy"] == 1.0
+
+
+def test_all_positive_signature():
+    # prevalence 6/13 = 46.2 %: the poster row (46.2, 46.2, 100, 63.2)
+    truth = pd.Series([True] * 6 + [False] * 7)
+    m = ev.metrics(truth, pd.Series([True] * 13))
+    p = 6 / 13
+    assert m["accuracy"] == pytest.approx(p)
+    assert m["precision"] == pytest.approx(p)
+    assert m["recall"] == 1.0
+    assert m["f1"] == pytest.approx(2 * p / (1 + p))
+    assert round(100 * m["f1"], 1) == 63.2
+
+
+def test_metrics_empty_denominators():
+    m = ev.metrics([True, False, False], [False, False, False])
+    assert math.isnan(m["precision"]) and math.isnan(m["f1"])
+    assert m["recall"] == 0.0
+    assert "precision" in m["undefined"] and "f1" in m["undefined"]
+    m = ev.metrics([False, False], [False, True])
+    assert math.isnan(m["recall"]) and m["precision"] == 0.0
+    m = ev.metrics([True, False], [False, True])
+    assert m["precision"] == 0.0 and m["recall"] == 0.0 and m["f1"] == 0.0
+
+
+def test_random_expected_values():
+    p = 0.25
+    m = ev.random_expected_metrics(p, 8)
+    assert m["accuracy"] == pytest.approx(p**2 + (1 - p) ** 2)
+    assert m["precision"] == m["recall"] == m["f1"] == pytest.approx(p)
+    assert m["tp"] == pytest.approx(8 * p * p)
+    # the simulated mean agrees with the analytic expectation
+    rng = np.random.default_rng(0)
+    truth = np.array([True, True] + [False] * 6)
+    accs = [ev.metrics(truth, rng.random(8) < p)["accuracy"] for _ in range(4000)]
+    assert np.mean(accs) == pytest.approx(m["accuracy"], abs=0.01)
+    assert math.isnan(ev.random_expected_metrics(0.0, 5)["precision"])
+
+
+def test_direction_metrics():
+    d = ev.direction_metrics([-1, 0, 1, -1], [-1, 0, -1, 0])
+    assert d["direction_accuracy"] == pytest.approx(0.5)
+    assert d["n_both"] == 2 and d["sign_agreement"] == pytest.approx(0.5)
+    assert math.isnan(ev.direction_metrics([0, 1], [1, 0])["sign_agreement"])
+
+
+# ---------------------------------------------------------------------------------------------
+# significance tests
+
+
+def test_ground_truth_shift_and_null():
+    rng = np.random.default_rng(1)
+    n = 200
+    base = {"shift": rng.normal(-2.0, 0.5, n), "null": rng.normal(-2.0, 0.5, n)}
+    ft = {"shift": base["shift"] - 0.3 + rng.normal(0, 0.1, n), "null": base["null"] + rng.normal(0, 0.1, n)}
+    b, f = _items(base), _items(ft)
+    for test in ("bootstrap", "paired_t"):
+        gt = ev.ground_truth(b, f, "definition_loglik", threshold=0.1, test=test, seed=0).set_index(
+            "category"
+        )
+        assert gt.loc["shift", "significant"] and gt.loc["shift", "affected"]
+        assert gt.loc["shift", "direction"] == -1
+        assert gt.loc["shift", "delta"] == pytest.approx(-0.3, abs=0.03)
+        assert not gt.loc["null", "significant"] and not gt.loc["null", "affected"]
+        assert gt.loc["null", "direction"] == 0
+        assert gt.loc["shift", "n"] == n
+
+
+def test_threshold_gates_affected():
+    rng = np.random.default_rng(2)
+    base = rng.normal(0, 1, 300)
+    b, f = _items({"c": base}), _items({"c": base + 0.05 + rng.normal(0, 0.05, 300)})
+    gt = ev.ground_truth(b, f, "definition_loglik", threshold=0.2, test="paired_t")
+    assert bool(gt["significant"].iloc[0]) and not bool(gt["affected"].iloc[0])
+
+
+def test_bootstrap_p_agrees_with_t_test():
+    rng = np.random.default_rng(3)
+    for shift in (0.0, 0.1, 0.2):
+        base = rng.normal(0, 1, 100)
+        ft = base + shift + rng.normal(0, 1, 100)
+        p_boot = ev.bootstrap_p(ft - base, n_boot=4000, rng=np.random.default_rng(0))
+        p_t = ev.paired_t_p(base, ft)
+        assert abs(p_boot - p_t) < 0.05 + 0.25 * p_t
+
+
+def test_two_proportion():
+    base = np.array([1.0] * 80 + [0.0] * 20)
+    ft = np.array([1.0] * 50 + [0.0] * 50)
+    assert ev.two_proportion_p(base, ft) < 0.001
+    assert ev.two_proportion_p(base, base) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        ev.two_proportion_p(np.array([0.5]), np.array([1.0]))
+    b = _items({"c": base}, task="multiple_choice")
+    f = _items({"c": ft}, task="multiple_choice")
+    gt = ev.ground_truth(b, f, "multiple_choice", threshold=0.1, test="two_proportion")
+    assert gt["affected"].iloc[0] and gt["direction"].iloc[0] == -1
+
+
+def test_ground_truth_pairs_by_item_id_and_fills_categories():
+    b = _items({"c": np.array([0.0, 1.0, 1.0])}, task="multiple_choice")
+    f = _items({"c": np.array([1.0, 1.0, 0.0])}, task="multiple_choice").iloc[::-1]
+    gt = ev.ground_truth(b, f, "multiple_choice", 0.0, categories=["c", "empty"]).set_index("category")
+    assert gt.loc["c", "delta"] == pytest.approx(0.0)
+    assert gt.loc["empty", "n"] == 0 and not gt.loc["empty", "affected"]
+    with pytest.raises(ValueError):
+        ev.ground_truth(b, f, "multiple_choice", 0.0, test="nope")
+
+
+def test_bootstrap_zero_difference():
+    assert ev.bootstrap_p(np.zeros(10)) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction (F13)
+
+
+def test_predict_count_ignores_none_and_general():
+    pr = ev.predict(_cat_table(), ["math", "biology", "law", "history", "general"]).set_index("category")
+    assert (pr.loc["math", "n_amplified"], pr.loc["math", "n_suppressed"]) == (2, 1)
+    assert pr.loc["math", "predicted"] and pr.loc["math", "direction"] == 1
+    assert (pr.loc["biology", "n_amplified"], pr.loc["biology", "n_suppressed"]) == (0, 2)
+    assert pr.loc["biology", "direction"] == -1  # suppressed latents predict degradation
+    # law: only a none-mapped flagged latent, a general one and a dead one → no evidence
+    assert pr.loc["law", "n"] == 0 and not pr.loc["law", "predicted"] and pr.loc["law", "direction"] == 0
+    assert not pr.loc["general", "predicted"]
+    assert pr.loc["history", "n"] == 1  # unchanged latents are not evidence
+    pr2 = ev.predict(_cat_table(), ["math", "biology", "history"], min_latents=3).set_index("category")
+    assert pr2["predicted"].tolist() == [True, False, False]
+
+
+def test_predict_tie_direction_zero():
+    df = pd.DataFrame({"latent": [0, 1], "direction": ["amplified", "suppressed"], "category": ["x", "x"]})
+    pr = ev.predict(df, ["x"])
+    assert bool(pr["predicted"].iloc[0]) and pr["direction"].iloc[0] == 0
+
+
+def test_predict_enrichment():
+    pr = ev.predict(_cat_table(), ["math", "biology", "history"], method="enrichment").set_index("category")
+    # 8 flagged latents; 3 controls (unchanged): math 1, history 2
+    assert pr.loc["math", "share_flagged"] == pytest.approx(3 / 8)
+    assert pr.loc["math", "enrichment"] == pytest.approx((3 / 8) / (1 / 3))
+    assert not pr.loc["math", "predicted"]  # 1.125 < 2
+    assert math.isinf(pr.loc["biology", "enrichment"]) and pr.loc["biology", "predicted"]
+    assert not pr.loc["history", "predicted"]
+    ctrl = pd.DataFrame({"latent": range(10), "category": ["history"] * 10})
+    pr = ev.predict(_cat_table(), ["math"], method="enrichment", controls=ctrl)
+    assert bool(pr["predicted"].iloc[0])
+    with pytest.raises(ValueError):
+        ev.predict(_cat_table()[lambda d: d.direction != "unchanged"], ["math"], method="enrichment")
+
+
+# ---------------------------------------------------------------------------------------------
+# baselines and assembly
+
+
+def test_baselines():
+    truth = pd.Series({"math": True, "biology": False, "law": True, "history": False})
+    attribution = pd.DataFrame(
+        {
+            "latent": [0, 4, 20, 21, 22],
+            "direction": ["amplified", "suppressed", "unchanged", "unchanged", "dead"],
+            "delta_bin": ["ft_only", "shared", "base_only", "ft_only", "ft_only"],
+        }
+    )
+    mass = pd.DataFrame(
+        {
+            "latent": [20, 20, 21, 21, 22],
+            "category": ["law", "math", "general", "history", "biology"],
+            "share": [0.7, 0.3, 0.6, 0.4, 1.0],
+        }
+    )
+    out = ev.baselines(truth, categories_df=_cat_table(), attribution=attribution, category_mass=mass)
+    assert set(out) >= {
+        "all_positive",
+        "random_at_prevalence",
+        "decoder_norm_only",
+        "provenance_only",
+        "oracle",
+    }
+    ap = out["all_positive"]
+    assert ap["accuracy"] == ap["precision"] == 0.5 and ap["recall"] == 1.0
+    assert out["random_at_prevalence"]["accuracy"] == pytest.approx(0.5)
+    for k in ("accuracy", "precision", "recall", "f1"):
+        assert out["oracle"][k] == 1.0
+    # decoder norm: latent 0 (ft_only, table → math), 20 (base_only, mass → law),
+    # 21 (→ general, ignored), 22 dead, 4 shared → predicts math and law = truth
+    assert out["decoder_norm_only"]["f1"] == 1.0
+    dn = ev.decoder_norm_table(attribution, _cat_table(), mass).set_index("latent")
+    assert dn.loc[20, "direction"] == "suppressed" and dn.loc[20, "source"] == "provenance"
+    # provenance column: math (0, 2), biology (1, 4), law (5, 6), history (11) flagged; general ignored
+    assert (out["provenance_only"]["tp"], out["provenance_only"]["fp"]) == (2, 2)
+
+
+def test_evaluate_pair_json():
+    rng = np.random.default_rng(4)
+    n = 60
+    base = {c: (rng.random(n) < 0.8).astype(float) for c in ("math", "biology", "law", "history", "general")}
+    ft = dict(base)
+    ft["biology"] = np.where(np.arange(n) < 30, 0.0, base["biology"])  # clear degradation
+    b, f = _items(base, "multiple_choice"), _items(ft, "multiple_choice")
+    b = pd.concat([b, _items({"math": rng.normal(size=5)}, "definition_loglik")])
+    attribution = pd.DataFrame({"latent": [0, 4], "direction": ["amplified", "suppressed"]})
+    attribution["delta_bin"] = ["ft_only", "base_only"]
+    res = ev.evaluate_pair(
+        b, f, _cat_table(), attribution=attribution, task="multiple_choice", threshold=0.1, n_boot=500
+    )
+    text = json.dumps(res, allow_nan=False)
+    assert json.loads(text) == res
+    assert res["categories"] == ["biology", "history", "law", "math"]  # general excluded
+    rows = {r["category"]: r for r in res["per_category"]}
+    assert rows["biology"]["truth"] and rows["biology"]["direction"] == -1
+    assert rows["biology"]["prediction"] and rows["biology"]["pred_direction"] == -1
+    assert not rows["math"]["truth"] and rows["math"]["prediction"]
+    assert res["metrics"]["oracle"]["f1"] == 1.0
+    assert res["metrics"]["mneme"]["tp"] == 1 and res["metrics"]["mneme"]["fp"] == 2
+    assert res["prevalence"] == pytest.approx(0.25)
+    res2 = ev.evaluate_pair(b, f, _cat_table(), method="enrichment", threshold=0.1, n_boot=200)
+    json.dumps(res2, allow_nan=False)
