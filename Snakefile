@@ -33,6 +33,7 @@ include: "rules/crosscoder.smk"
 include: "rules/latents.smk"
 include: "rules/interpret.smk"
 include: "rules/benchmark.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -178,12 +178,28 @@ def test_benchmark_stage_outputs(workflow):
     assert base["item_id"].tolist() == ft["item_id"].tolist()  # both models see the same items
 
 
+def test_evaluation_output(workflow):
+    import json
+
+    workdir, cfg = workflow
+    result = json.loads((workdir / "results/tiny/evaluation.json").read_text())
+    assert {"mneme", "all_positive", "random_at_prevalence", "oracle"} <= set(result["metrics"])
+    assert {row["category"] for row in result["per_category"]} == {"biology", "chemistry", "law"}
+
+
 def test_attribution_edit_reruns_only_attribution(workflow):
     workdir, cfg = workflow
     write_config(workdir, {**cfg, "attribution": {**cfg["attribution"], "tau_r": 0.4}})
     try:
         jobs = scheduled(workdir)
-        assert set(jobs) == {"attribute", "collect_contexts", "interpret", "map_categories", "all"}
+        assert set(jobs) == {
+            "attribute",
+            "collect_contexts",
+            "interpret",
+            "map_categories",
+            "evaluate",
+            "all",
+        }
     finally:
         write_config(workdir, cfg)
 

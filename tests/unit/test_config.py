@@ -208,3 +208,15 @@ def test_bad_organism_option_is_caught_before_any_job():
     cfg = default_config()
     cfg["models"]["smollm2-bio-rmu"]["options"] = {"stepz": 3}
     assert "models.smollm2-bio-rmu.options.stepz: unknown option for method 'rmu'" in problems(cfg)
+
+
+def test_evaluate_schema_keys_are_evaluate_pair_arguments():
+    import inspect
+
+    from mneme.evaluation import evaluate_pair
+
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]["evaluate"]["properties"]
+    params = inspect.signature(evaluate_pair).parameters
+    assert set(props) <= set(params)
+    for name, spec in props.items():
+        assert spec["default"] == params[name].default, name
