@@ -67,3 +67,14 @@ def copy_workflow(dest: Path) -> Path:
 def snakemake_bin() -> str:
     exe = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "snakemake"
     return str(exe) if exe.exists() else shutil.which("snakemake") or "snakemake"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """torch on one thread in tests: deterministic reductions, and fair on a shared 2-core box."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

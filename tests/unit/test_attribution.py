@@ -22,14 +22,6 @@ from mneme.planted import best_matches, make_planted_features, sample_planted, w
 from mneme.training import CrosscoderTrainConfig, train_crosscoder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_frames(rows):
     """``rows``: (delta, dead, n_active, {(target, model): beta}) with the same betas for both probes
     unless a key carries a probe as third element."""

@@ -23,14 +23,6 @@ from mneme.crosscoder import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_cc(d=8, h=48, k=3, seed=0, spread=True):
     """A crosscoder with unequal decoder norms and non-zero biases."""
     cc = CrossCoder(d, h, k, seed=seed)

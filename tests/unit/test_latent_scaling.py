@@ -23,15 +23,6 @@ from mneme.latent_scaling import (
 )
 from mneme.planted import write_paired_stores
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 D, H = 8, 40
 CONTEXT_LEN, FIRST = 17, 1  # 16 rows per context
 N_ROWS, VAL_TOKENS = 50 * 16, 100

@@ -21,15 +21,6 @@ from mneme.latent_stats import (
 )
 from mneme.planted import write_paired_stores
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 D, H = 8, 32
 CONTEXT_LEN, FIRST = 17, 1
 N_POS = CONTEXT_LEN - FIRST

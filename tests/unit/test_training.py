@@ -23,15 +23,6 @@ from mneme.planted import (
 )
 from mneme.training import CrosscoderTrainConfig, TrainingDivergedError, train_crosscoder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------- config
 
 
