@@ -76,14 +76,6 @@ categories:
 BIOLOGY = {"Frog", "Toad", "Newt", "Heron", "Oak"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def gcide_cfg(tmp_path: Path) -> dict:
     path = tmp_path / "mini.dict.dz"

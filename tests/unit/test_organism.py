@@ -55,15 +55,6 @@ RETAIN = [
 TEXTS = (FORGET, RETAIN)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's ops are too small for threads; one thread also dodges oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def spec(method: str, **options) -> dict:
     return {
         "source": "organism",
