@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from mneme.models import CARD, PACKAGED, known_num_layers
+from mneme.models import CARD, known_num_layers
 
 
 class ConfigError(ValueError):
@@ -340,10 +340,3 @@ def corpus_tokenizer(cfg: dict, corpus: str) -> str:
         if pair["corpus"] == corpus:
             return pair["base"]
     raise ConfigError([f"corpora.{corpus}: used by no pair and has no tokenizer"])
-
-
-def dump(cfg: dict) -> str:
-    return json.dumps(cfg, indent=2, sort_keys=True)
-
-
-__all__ = ["ConfigError", "validate_config", "apply_defaults", "corpus_tokenizer", "PACKAGED"]

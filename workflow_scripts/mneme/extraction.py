@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -189,7 +188,3 @@ def extract_shard(
         t_model,
     )
     return {**stats, **timing}
-
-
-def shard_paths(out_dir: str, n_shards: int) -> list[str]:
-    return [str(Path(out_dir) / f"shard_{i}.zarr") for i in range(n_shards)]
