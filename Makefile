@@ -1,6 +1,7 @@
 # mneme: two entry points (see README.md).
 #   make demo   set everything up (main venv, vLLM venv, GCIDE), then run the embedded default
 #   make test   set everything up, then run the test suite
+#   make demo-reversal  the demo plus the optional reversal experiment (config/demo-reversal.yaml)
 # Both are idempotent: the environment is rebuilt only when requirements.txt changes.
 
 SHELL := /bin/bash
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 GCIDE := /usr/share/dictd/gcide.dict.dz
 CORES ?= all
 
-.PHONY: setup demo test system-data lint format clean-results
+.PHONY: setup demo demo-reversal test system-data lint format clean-results
 
 setup: $(STAMP) system-data
 
@@ -38,6 +39,9 @@ system-data:
 
 demo: setup vllm-env
 	$(BIN)/snakemake --cores $(CORES)
+
+demo-reversal: setup vllm-env
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/demo-reversal.yaml
 
 test: setup vllm-env
 	$(BIN)/pytest -q

@@ -15,6 +15,9 @@ from mneme.config import validate_config
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 validate_config(config, os.path.join(workflow.basedir, "config/schema.yaml"), workflow.basedir)
 
 
@@ -34,6 +37,8 @@ include: "rules/latents.smk"
 include: "rules/interpret.smk"
 include: "rules/benchmark.smk"
 include: "rules/evaluate.smk"
+include: "rules/reverse.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -1,15 +1,28 @@
-# benchmark: score one model per category on held-out items (the ground truth of the
-# evaluation). Items are built deterministically from the config, so every model sees the same.
+# benchmark: score one model per category (the ground truth of the evaluation), by
+# benchmark.kind: gcide = built-in log-likelihood tasks on held-out GCIDE items; mmlu = MMLU
+# questions (hub or a local file), subjects mapped to categories; lm_eval = per-task accuracies
+# imported from the model's lm-evaluation-harness results file (no model needed). Items are built
+# deterministically from the config, so every model sees the same.
+from mneme.benchmark import KIND_MODULES, kind_inputs, kind_options
+
+BENCHMARK_KIND = config["benchmark"]["kind"]
 
 
 rule benchmark:
     input:
-        model=lambda wc: model_dir(wc.model),
-        categories=resolve_path(config["gcide"]["categories"], workflow.basedir),
-        code=code("benchmark", "gcide", "models"),
+        unpack(
+            lambda wc: kind_inputs(
+                config["benchmark"],
+                wc.model,
+                model_dir(wc.model),
+                lambda p: resolve_path(p, workflow.basedir),
+            )
+        ),
+        categories=gcide_category_input() if BENCHMARK_KIND == "gcide" else [],
+        code=code(*KIND_MODULES[BENCHMARK_KIND]),
     output:
-        results=f"{RESULTS}/benchmarks/{{model}}/gcide.parquet",
-        summary=f"{RESULTS}/benchmarks/{{model}}/gcide_summary.tsv",
+        results=f"{RESULTS}/benchmarks/{{model}}/{BENCHMARK_KIND}.parquet",
+        summary=f"{RESULTS}/benchmarks/{{model}}/{BENCHMARK_KIND}_summary.tsv",
     log:
         logs("benchmark/{model}.log"),
     benchmark:
@@ -20,9 +33,9 @@ rule benchmark:
         "../envs/mneme.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=0 if BENCHMARK_KIND == "lm_eval" else 1,
     params:
-        options=config["benchmark"],
-        gcide=lambda wc: gcide_settings(),
+        options=kind_options(config["benchmark"]),
+        gcide=lambda wc: gcide_settings() if BENCHMARK_KIND == "gcide" else {},
     script:
         "../workflow_scripts/benchmark.py"

@@ -3,7 +3,9 @@
 import os
 import re
 
-from mneme.config import corpus_tokenizer, resolve_path
+import yaml
+
+from mneme.config import corpus_tokenizer, pair_target, resolve_path
 
 RESULTS = "results"
 ORGANISM_MODELS = [m for m, s in config["models"].items() if s["source"] == "organism"]
@@ -61,9 +63,33 @@ def uses_gcide_source(corpus):
     return any(s["kind"] == "gcide" for s in config["corpora"][corpus]["sources"])
 
 
+def gcide_category_path():
+    return resolve_path(config["gcide"]["categories"], workflow.basedir)
+
+
+def gcide_labels():
+    """The category -> GCIDE tag definitions of the category file, as a param.
+
+    Corpus, organism and benchmark read only the tags, so they take the file as an ancient()
+    input and these labels as a param: editing a description or examples (used by
+    map_categories) re-runs the mapping, not the corpus and everything after it.
+    """
+    with open(gcide_category_path()) as fh:
+        spec = yaml.safe_load(fh) or {}
+    cats = spec.get("categories") or {}
+    return {
+        "tags": {name: list((c or {}).get("tags") or []) for name, c in cats.items()},
+        "general": spec.get("general_category"),
+    }
+
+
+def gcide_category_input():
+    return ancient(gcide_category_path())
+
+
 def gcide_settings():
-    """The gcide section with the category file resolved to a path that exists."""
-    return {**config["gcide"], "categories": resolve_path(config["gcide"]["categories"], workflow.basedir)}
+    """The gcide section with the category file resolved to a path that exists (and its labels)."""
+    return {**config["gcide"], "categories": gcide_category_path(), "labels": gcide_labels()}
 
 
 def gcide_params(wildcards):
@@ -74,7 +100,7 @@ def gcide_params(wildcards):
 def gcide_category_file(wildcards):
     if not uses_gcide_source(wildcards.corpus):
         return []
-    return [resolve_path(config["gcide"]["categories"], workflow.basedir)]
+    return [gcide_category_input()]
 
 
 def corpus_tokenizer_dir(wildcards):
@@ -106,15 +132,66 @@ def pair_corpus(pair, name):
 
 
 def benchmark_results(pair):
-    s = config["pairs"][pair]
-    return [f"{RESULTS}/benchmarks/{s[role]}/gcide.parquet" for role in ("base", "finetuned")]
+    """The item-level (gcide, mmlu) or per-task (lm_eval) results of the pair's two models."""
+    s, kind = config["pairs"][pair], config["benchmark"]["kind"]
+    return [f"{RESULTS}/benchmarks/{s[role]}/{kind}.parquet" for role in ("base", "finetuned")]
+
+
+def reverse_benchmark_inputs(wildcards):
+    """The two models' benchmark results (the reference scores) and the built-in items' sources."""
+    base, finetuned = benchmark_results(wildcards.pair)
+    extra = {"base_results": base, "ft_results": finetuned}
+    kind = config["benchmark"]["kind"]
+    if kind == "gcide":
+        extra["gcide_categories"] = gcide_category_input()
+    elif kind == "mmlu":
+        mmlu = config["benchmark"]["mmlu"]
+        extra["mmlu_categories"] = resolve_path(mmlu["categories"], workflow.basedir)
+        if mmlu["path"]:
+            extra["mmlu_data"] = resolve_path(mmlu["path"], workflow.basedir)
+    return extra
+
+
+def reversal_pairs():
+    return [p for p, s in config["pairs"].items() if s.get("reverse")]
+
+
+def report_files(wildcards=None):
+    """Per pair, the files the report reads (the crosscoder's files through its directory)."""
+    files = {}
+    for pair, spec in config["pairs"].items():
+        d = f"{RESULTS}/{pair}"
+        files[pair] = {
+            "latents": f"{d}/latents.parquet",
+            "attribution": f"{d}/attribution.parquet",
+            "attribution_summary": f"{d}/attribution_summary.json",
+            "selected": f"{d}/selected_latents.json",
+            "contexts": f"{d}/contexts.parquet",
+            "categories": f"{d}/categories.parquet",
+            "evaluation": f"{d}/evaluation.json",
+            "metrics": f"{d}/crosscoder/metrics.jsonl",
+            "validation": f"{d}/crosscoder/validation.json",
+            "crosscoder_config": f"{d}/crosscoder/config.json",
+            "tokenizer": model_dir(spec["base"]),
+            "reversal": f"{d}/reversal.json" if pair in reversal_pairs() else None,
+        }
+    return files
+
+
+def report_inputs(wildcards):
+    """Inputs of the report: every file it reads, with the crosscoder as its directory."""
+    inputs = []
+    for pair, files in report_files().items():
+        inputs.append(f"{RESULTS}/{pair}/crosscoder")
+        skip = ("metrics", "validation", "crosscoder_config")
+        inputs += [path for key, path in files.items() if path and key not in skip]
+    return inputs
 
 
 def all_targets():
-    targets = []
-    for pair in config["pairs"]:
-        targets.append(f"{RESULTS}/{pair}/evaluation.json")
-    return targets
+    targets = [f"{RESULTS}/{pair}/evaluation.json" for pair in config["pairs"]]
+    targets += [f"{RESULTS}/{pair}/reversal.json" for pair in reversal_pairs()]
+    return targets + [f"{RESULTS}/report.html", f"{RESULTS}/summary.tsv"]
 
 
 def gate(paths):

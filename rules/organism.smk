@@ -5,7 +5,7 @@
 rule make_organism:
     input:
         base=lambda wc: model_dir(config["models"][wc.model]["base"]),
-        categories=resolve_path(config["gcide"]["categories"], workflow.basedir),
+        categories=gcide_category_input(),
         code=code("organism", "models", "gcide", "extraction"),
     output:
         directory(f"{RESULTS}/models/{{model}}"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -179,12 +180,56 @@ def test_benchmark_stage_outputs(workflow):
 
 
 def test_evaluation_output(workflow):
-    import json
-
     workdir, cfg = workflow
     result = json.loads((workdir / "results/tiny/evaluation.json").read_text())
     assert {"mneme", "all_positive", "random_at_prevalence", "oracle"} <= set(result["metrics"])
     assert {row["category"] for row in result["per_category"]} == {"biology", "chemistry", "law"}
+
+
+def test_report_has_every_section(workflow):
+    workdir, cfg = workflow
+    html = (workdir / "results/report.html").read_text()
+    for section in (
+        "overview",
+        "training",
+        "delta",
+        "ratios",
+        "latents",
+        "prediction",
+        "metrics",
+        "reversal",
+    ):
+        assert f'id="tiny-{section}"' in html, section
+    assert html.count("data:image/png;base64,") >= 5  # curves, histogram, scatter, bars, recovery
+    assert 'src="http' not in html and "<link" not in html  # self-contained
+    summary = pd.read_csv(workdir / "results/summary.tsv", sep="\t")
+    assert summary["pair"].tolist() == ["tiny"]
+    evaluation = json.loads((workdir / "results/tiny/evaluation.json").read_text())
+    assert summary.loc[0, "mneme_accuracy"] == pytest.approx(evaluation["metrics"]["mneme"]["accuracy"])
+
+
+def test_reversal_output(workflow):
+    workdir, cfg = workflow
+    result = json.loads((workdir / "results/tiny/reversal.json").read_text())
+    assert [c["category"] for c in result["categories"]] == ["law"]
+    record = result["categories"][0]
+    assert record["status"] == "ok", record.get("reason")
+    assert record["n_tokens"] <= cfg["reverse"]["token_budget"]
+    assert record["n_tokens"] == record["n_contexts"] * cfg["corpora"]["tiny-gcide"]["context_len"]
+    for arm in ("targeted", "control"):
+        assert record[f"train_{arm}"]["steps"] == cfg["reverse"]["max_steps"]
+        assert set(record[f"scores_{arm}"]) == {"biology", "chemistry", "law", "general"}
+        assert set(record[f"target_rebound_{arm}"]) == {"biology"}
+    assert not set(record["contexts_targeted"]) & set(record["contexts_control"])
+    items = pd.read_parquet(workdir / "results/tiny/reversal_items.parquet")
+    assert set(items["arm"]) == {"targeted", "control"}
+
+
+def test_scenarios_pass_a_dry_run(workflow):
+    workdir, cfg = workflow
+    for scenario in sorted((REPO / "config" / "scenarios").glob("*.yaml")):
+        jobs = scheduled(workdir, "--configfile", str(scenario), "--replace-workflow-config")
+        assert {"extract_activations", "train_crosscoder", "evaluate", "report"} <= set(jobs), scenario.name
 
 
 def test_attribution_edit_reruns_only_attribution(workflow):
@@ -198,10 +243,29 @@ def test_attribution_edit_reruns_only_attribution(workflow):
             "interpret",
             "map_categories",
             "evaluate",
+            "reverse",
+            "report",
             "all",
         }
     finally:
         write_config(workdir, cfg)
+
+
+def test_category_description_edit_reruns_only_the_mapping(workflow):
+    """Corpus, organism and benchmark read only the tags of the category file."""
+    workdir, cfg = workflow
+    path = workdir / "config/categories/gcide.yaml"
+    original = path.read_text()
+    try:
+        spec = yaml.safe_load(original)
+        spec["categories"]["law"]["examples"] = ["courts and judges"]
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        assert set(scheduled(workdir)) == {"map_categories", "evaluate", "reverse", "report", "all"}
+        spec["categories"]["law"]["tags"].append("Jur.")
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        assert "sample_corpus" in scheduled(workdir)  # a tag edit changes the corpus labels
+    finally:
+        path.write_text(original)
 
 
 def test_code_edit_reruns_only_its_stages(workflow):

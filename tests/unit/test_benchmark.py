@@ -230,3 +230,91 @@ def test_summarise() -> None:
     assert summary.loc[("bio", "definition_loglik"), "std"] == pytest.approx(np.sqrt(2.0))
     assert summary.loc[("bio", "multiple_choice"), "mean"] == pytest.approx(0.5)
     assert np.isnan(summary.loc[("law", "definition_loglik"), "std"])
+
+
+# --------------------------------------------------------------------------- the stage options
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_tasks_option_scores_only_the_listed_tasks(tiny_model) -> None:
+    only = benchmark.score_model(tiny_model, ITEMS, device="cpu", tasks=["definition_loglik"])
+    assert set(only["task"]) == {"definition_loglik"} and len(only) == len(ITEMS)
+    with pytest.raises(ValueError, match="unknown tasks"):
+        benchmark.score_model(tiny_model, ITEMS, device="cpu", tasks=["mmlu"])
+
+
+def _config() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def _problems(cfg: dict) -> str:
+    from mneme.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg, REPO / "config" / "schema.yaml", REPO)
+    return str(err.value)
+
+
+def test_tasks_option_in_config_and_params() -> None:
+    from mneme.config import validate_config
+
+    cfg = _config()
+    cfg["benchmark"]["tasks"] = ["definition_loglik"]
+    cfg["evaluate"]["task"] = "multiple_choice"
+    msg = _problems(cfg)
+    assert "evaluate.task: 'multiple_choice' is not among benchmark.tasks ['definition_loglik']" in msg
+    cfg["evaluate"]["task"] = "definition_loglik"
+    cfg = validate_config(cfg, REPO / "config" / "schema.yaml", REPO)
+    opts = benchmark.kind_options(cfg["benchmark"])
+    assert opts["tasks"] == ["definition_loglik"] and "mmlu" not in opts and "lm_eval" not in opts
+    cfg["benchmark"]["tasks"] = []
+    assert "benchmark.tasks" in _problems(cfg)
+
+
+def test_mmlu_and_lm_eval_config_checks(tmp_path) -> None:
+    from mneme.config import validate_config
+
+    cfg = _config()
+    cfg["benchmark"] = {
+        "kind": "mmlu",
+        "mmlu": {"path": str(tmp_path / "nope.jsonl"), "subjects": ["virolgy"]},
+    }
+    msg = _problems(cfg)
+    assert "evaluate.task: benchmark.kind 'mmlu' scores only the task 'mmlu', got 'definition_loglik'" in msg
+    assert "benchmark.mmlu.path: " in msg and "nope.jsonl' not found" in msg
+    assert "benchmark.mmlu.subjects: subject 'virolgy' is not in 'config/categories/mmlu.yaml'" in msg
+
+    data = tmp_path / "mmlu.jsonl"
+    data.write_text("")
+    cfg = _config()
+    cfg["benchmark"] = {"kind": "mmlu", "mmlu": {"path": str(data), "n_per_subject": 5}}
+    cfg["evaluate"] = {"task": "mmlu"}
+    cfg = validate_config(cfg, REPO / "config" / "schema.yaml", REPO)
+    opts = benchmark.kind_options(cfg["benchmark"])
+    assert set(opts) == {"kind", "seed", "batch_size", "mmlu"} and opts["mmlu"]["k_shot"] == 0
+    inputs = benchmark.kind_inputs(cfg["benchmark"], "smollm2", "results/models/smollm2", lambda p: p)
+    assert inputs == {
+        "model": "results/models/smollm2",
+        "mmlu_categories": "config/categories/mmlu.yaml",
+        "mmlu_data": str(data),
+    }
+
+    results = tmp_path / "base.json"
+    results.write_text("{}")
+    cfg = _config()
+    cfg["benchmark"] = {"kind": "lm_eval", "lm_eval": {"files": {"smollm2": str(results)}}}
+    cfg["evaluate"] = {"task": "lm_eval"}
+    msg = _problems(cfg)
+    assert "benchmark.lm_eval.files: no results file for model 'smollm2-bio-rmu'" in msg
+    assert "evaluate.test: 'bootstrap' needs item-level scores" in msg
+    cfg["benchmark"]["lm_eval"]["files"]["smollm2-bio-rmu"] = str(tmp_path / "missing.json")
+    assert "benchmark.lm_eval.files.smollm2-bio-rmu: " in _problems(cfg)
+    cfg["benchmark"]["lm_eval"]["files"]["smollm2-bio-rmu"] = str(results)
+    cfg["evaluate"]["test"] = "two_proportion"
+    cfg = validate_config(cfg, REPO / "config" / "schema.yaml", REPO)
+    inputs = benchmark.kind_inputs(cfg["benchmark"], "smollm2", "results/models/smollm2", lambda p: p)
+    assert inputs == {"results": str(results), "mmlu_categories": "config/categories/mmlu.yaml"}  # no model
+    assert "files" not in benchmark.kind_options(cfg["benchmark"])["lm_eval"]

@@ -193,6 +193,15 @@ def test_interpret_and_categories_schema_match_library_defaults():
     assert schema_cat == CATEGORIES
 
 
+def test_reverse_schema_matches_library_defaults():
+    from mneme.reversal import DEFAULTS
+
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]
+    schema = schema_defaults(props["reverse"])
+    assert schema.pop("categories") is None  # resolved by the workflow from evaluation.json
+    assert schema == {**DEFAULTS, "lora_target_modules": list(DEFAULTS["lora_target_modules"])}
+
+
 def test_interpret_needs_a_known_explainer_model():
     cfg = default_config()
     cfg["interpret"]["vllm"]["model"] = "nope"

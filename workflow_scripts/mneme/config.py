@@ -253,6 +253,31 @@ def gcide_categories(cfg: dict, basedir: str | os.PathLike) -> set[str] | None:
     return set(data.get("categories", {})) | {data.get("general_category", "general")}
 
 
+def mapping_categories(cfg: dict, basedir: str | os.PathLike) -> set[str] | None:
+    """Category names latents are mapped to (categories.file, else the GCIDE file), or None."""
+    path = resolve_path(cfg["categories"]["file"] or cfg["gcide"]["categories"], basedir)
+    if not os.path.isfile(path):
+        return None
+    return set((load_yaml(path) or {}).get("categories", {}))
+
+
+def _reverse_problems(cfg: dict, mapped: set[str] | None) -> list[str]:
+    """The reversal stage re-scores retrained models itself: it needs a built-in benchmark."""
+    users = [p for p, spec in cfg["pairs"].items() if spec.get("reverse")]
+    if not users:
+        return []
+    out = []
+    if cfg["benchmark"]["kind"] not in ("gcide", "mmlu"):
+        out.append(
+            f"pairs.{users[0]}.reverse: the reversal stage needs benchmark.kind gcide or mmlu "
+            f"(it scores the retrained models), got {cfg['benchmark']['kind']!r}"
+        )
+    for cat in cfg["reverse"].get("categories") or []:
+        if mapped is not None and cat not in mapped:
+            out.append(f"reverse.categories: unknown category {cat!r}; known: {', '.join(sorted(mapped))}")
+    return out
+
+
 def uses_gcide(cfg: dict) -> bool:
     corpora = any(s["kind"] == "gcide" for c in cfg["corpora"].values() for s in c["sources"])
     return corpora or any(m["source"] == "organism" for m in cfg["models"].values())
@@ -277,11 +302,19 @@ def semantic_problems(
             out.append(f"gcide.parts: fractions must sum to 1, got {total:g}")
     for name, spec in cfg["models"].items():
         out += _model_problems(name, spec, cfg["models"], categories)
+    mapped = mapping_categories(cfg, basedir)
+    out += _reverse_problems(cfg, mapped)
     for name, pair in cfg["pairs"].items():
         out += _pair_problems(name, pair, cfg, results_dir)
+        for cat in pair.get("target") or []:
+            if mapped is not None and cat not in mapped:
+                out.append(
+                    f"pairs.{name}.target: unknown category {cat!r}; known: {', '.join(sorted(mapped))}"
+                )
     for name, corpus in cfg["corpora"].items():
         out += _corpus_problems(name, corpus, cfg, categories)
     out += _interpret_problems(cfg, basedir)
+    out += _benchmark_problems(cfg, basedir)
     return out
 
 
@@ -303,6 +336,56 @@ def _interpret_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
         )
     if cats["file"] and not os.path.isfile(resolve_path(cats["file"], basedir)):
         out.append(f"categories.file: {cats['file']!r} not found")
+    return out
+
+
+def _benchmark_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
+    """The ground-truth task is one the benchmark kind scores; the kind's files exist."""
+    out, bench, ev = [], cfg["benchmark"], cfg["evaluate"]
+    kind, task = bench["kind"], ev["task"]
+    if kind == "gcide" and task not in bench["tasks"]:
+        out.append(
+            f"evaluate.task: {task!r} is not among benchmark.tasks {bench['tasks']} (the GCIDE tasks scored)"
+        )
+    elif kind != "gcide" and task != kind:
+        out.append(f"evaluate.task: benchmark.kind {kind!r} scores only the task {kind!r}, got {task!r}")
+    if kind == "lm_eval" and ev["test"] != "two_proportion":
+        out.append(
+            f"evaluate.test: {ev['test']!r} needs item-level scores; benchmark.kind 'lm_eval' gives per-task "
+            "accuracies, use 'two_proportion'"
+        )
+    mmlu = bench["mmlu"]
+    if kind in ("mmlu", "lm_eval"):
+        cat_path = resolve_path(mmlu["categories"], basedir)
+        if not os.path.isfile(cat_path):
+            out.append(f"benchmark.mmlu.categories: {mmlu['categories']!r} not found")
+        elif kind == "mmlu" and mmlu["subjects"]:
+            from mneme.mmlu import load_subject_map
+
+            try:
+                known = load_subject_map(cat_path)
+            except ValueError as exc:
+                out.append(f"benchmark.mmlu.categories: {exc}")
+            else:
+                for s in mmlu["subjects"]:
+                    if s not in known:
+                        out.append(
+                            f"benchmark.mmlu.subjects: subject {s!r} is not in {mmlu['categories']!r}; "
+                            f"known: {', '.join(sorted(known))}"
+                        )
+    if kind == "mmlu" and mmlu["path"] and not os.path.exists(resolve_path(mmlu["path"], basedir)):
+        out.append(f"benchmark.mmlu.path: {mmlu['path']!r} not found")
+    if kind == "lm_eval":
+        files = bench["lm_eval"]["files"]
+        models = dict.fromkeys(m for pair in cfg["pairs"].values() for m in (pair["base"], pair["finetuned"]))
+        for model in models:
+            if model not in files:
+                out.append(
+                    f"benchmark.lm_eval.files: no results file for model {model!r} (every model of every pair "
+                    "needs one with benchmark.kind 'lm_eval')"
+                )
+            elif not os.path.exists(resolve_path(files[model], basedir)):
+                out.append(f"benchmark.lm_eval.files.{model}: {files[model]!r} not found")
     return out
 
 
@@ -340,3 +423,13 @@ def corpus_tokenizer(cfg: dict, corpus: str) -> str:
         if pair["corpus"] == corpus:
             return pair["base"]
     raise ConfigError([f"corpora.{corpus}: used by no pair and has no tokenizer"])
+
+
+def pair_target(cfg: dict, pair: str) -> list[str]:
+    """Categories the pair's intervention targets: ``pairs.<pair>.target``, else the fine-tuned
+    organism's ``forget_categories`` (the rest of the categories are side effects)."""
+    spec = cfg["pairs"][pair]
+    if spec.get("target") is not None:
+        return list(spec["target"])
+    ft = cfg["models"][spec["finetuned"]]
+    return list(ft.get("forget_categories") or []) if ft["source"] == "organism" else []

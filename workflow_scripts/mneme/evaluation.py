@@ -124,18 +124,46 @@ def paired_t_p(base: np.ndarray, ft: np.ndarray) -> float:
     return float(stats.ttest_rel(ft, base).pvalue)
 
 
+def two_proportion_counts_p(s1: float, n1: float, s2: float, n2: float) -> float:
+    """Two-sided pooled two-proportion z-test from counts: ``s`` successes out of ``n`` trials."""
+    if n1 <= 0 or n2 <= 0:
+        return float("nan")
+    pool = (s1 + s2) / (n1 + n2)
+    se = math.sqrt(pool * (1 - pool) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 1.0
+    z = (s2 / n2 - s1 / n1) / se
+    return float(2 * stats.norm.sf(abs(z)))
+
+
+def is_aggregate(items: pd.DataFrame, task: str) -> bool:
+    """Whether the rows of ``task`` are per-task aggregates (an accuracy over ``n`` samples, lm_eval)."""
+    if "n" not in items.columns:
+        return False
+    n = items.loc[items["task"] == task, "n"]
+    return bool(len(n)) and bool(n.notna().all())
+
+
 def pair_items(base_items: pd.DataFrame, ft_items: pd.DataFrame, task: str) -> pd.DataFrame:
     """Inner join of the two models' item scores of one task on ``item_id``.
 
-    Columns: item_id, category (the base row's), base, ft. Unpaired items are dropped.
+    Columns: item_id, category (the base row's), base, ft; for per-task aggregates (rows with a
+    sample count ``n``, see :func:`is_aggregate`) also n_base and n_ft. Unpaired items are dropped.
     """
-    b = base_items[base_items["task"] == task][["item_id", "category", "score"]]
-    f = ft_items[ft_items["task"] == task][["item_id", "score"]]
+    agg = is_aggregate(base_items, task), is_aggregate(ft_items, task)
+    if agg[0] != agg[1]:
+        raise ValueError(
+            f"task {task!r}: one model's results are per-task aggregates (with `n`) and the other's are not"
+        )
+    extra = ["n"] if agg[0] else []
+    b = base_items[base_items["task"] == task][["item_id", "category", "score", *extra]]
+    f = ft_items[ft_items["task"] == task][["item_id", "score", *extra]]
     if b["item_id"].duplicated().any() or f["item_id"].duplicated().any():
         raise ValueError(f"duplicate item_id within task {task!r}")
     out = b.merge(f, on="item_id", how="inner", suffixes=("_base", "_ft"))
     out = out.rename(columns={"score_base": "base", "score_ft": "ft"})
-    return out[["item_id", "category", "base", "ft"]].reset_index(drop=True)
+    columns = ["item_id", "category", "base", "ft"] + (["n_base", "n_ft"] if extra else [])
+    return out[columns].reset_index(drop=True)
 
 
 def ground_truth(
@@ -154,10 +182,20 @@ def ground_truth(
     ``affected = |delta| >= threshold and p_value < alpha``; ``direction`` is ``sign(delta)`` for
     affected categories, else 0. ``categories`` adds categories without items (n = 0, NaN stats,
     not affected) and fixes the row order; by default the categories present in the items.
+
+    Per-task aggregates (lm_eval rows: an accuracy ``score`` over ``n`` samples) are pooled per
+    category (successes Σ score·n over trials Σ n, ``n`` = the base model's trials) and compared
+    with the two-proportion z-test on those counts; no other test applies to them.
     """
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}; known: {list(TESTS)}")
     paired = pair_items(base_items, ft_items, task)
+    aggregate = "n_base" in paired.columns
+    if aggregate and test != "two_proportion":
+        raise ValueError(
+            f"task {task!r} has per-task aggregate results (accuracy over n samples, no items to "
+            f"resample or pair): use test 'two_proportion', not {test!r}"
+        )
     cats = list(categories) if categories is not None else sorted(paired["category"].astype(str).unique())
     groups = {str(k): g for k, g in paired.groupby("category", sort=False)}
     rows = []
@@ -168,6 +206,9 @@ def ground_truth(
                 {"category": cat, "n": 0, "base_mean": np.nan, "ft_mean": np.nan, "delta": np.nan}
                 | {"p_value": np.nan, "significant": False, "affected": False, "direction": 0}
             )
+            continue
+        if aggregate:
+            rows.append(_aggregate_row(cat, g, threshold, alpha))
             continue
         base, ft = g["base"].to_numpy(float), g["ft"].to_numpy(float)
         delta = float(ft.mean() - base.mean())
@@ -193,6 +234,30 @@ def ground_truth(
             }
         )
     return pd.DataFrame(rows, columns=GROUND_TRUTH_COLUMNS)
+
+
+def _aggregate_row(cat: str, g: pd.DataFrame, threshold: float, alpha: float) -> dict[str, Any]:
+    """Ground-truth row of one category from per-task accuracies pooled by their sample counts."""
+    n_b, n_f = float(g["n_base"].sum()), float(g["n_ft"].sum())
+    s_b = float((g["base"] * g["n_base"]).sum())
+    s_f = float((g["ft"] * g["n_ft"]).sum())
+    base_mean = s_b / n_b if n_b else float("nan")
+    ft_mean = s_f / n_f if n_f else float("nan")
+    delta = ft_mean - base_mean
+    p = two_proportion_counts_p(s_b, n_b, s_f, n_f)
+    significant = bool(not math.isnan(p) and p < alpha)
+    affected = bool(significant and abs(delta) >= threshold)
+    return {
+        "category": cat,
+        "n": int(n_b),
+        "base_mean": base_mean,
+        "ft_mean": ft_mean,
+        "delta": delta,
+        "p_value": float(p),
+        "significant": significant,
+        "affected": affected,
+        "direction": int(np.sign(delta)) if affected else 0,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,370 @@
+"""The HTML report and summary.tsv on small synthetic inputs, a pair with missing inputs, and the
+real demo results when they exist."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mneme import report
+from mneme.attribution import attribution_summary, delta_bin
+
+REPO = Path(__file__).resolve().parents[2]
+REAL = REPO / "results" / "bio-rmu"
+EVIL = "<script>alert('x')</script>"
+
+# ---------------------------------------------------------------------------------------------
+# synthetic inputs
+
+
+def _attribution() -> pd.DataFrame:
+    rows = [  # latent, direction, strength, ratio_r, ratio_eps, delta
+        (0, "amplified", 2.0, 0.1, 0.05, 0.8),
+        (1, "amplified", 1.0, 0.3, 0.0, 0.7),
+        (2, "suppressed", 1.5, 0.2, 0.1, 0.2),
+        (3, "unchanged", 0.0, 1.0, 0.9, 0.5),
+        (4, "unchanged", 0.1, 0.9, 1.1, 0.45),
+        (5, "dead", np.nan, np.nan, np.nan, 0.5),
+    ]
+    df = pd.DataFrame(rows, columns=["latent", "direction", "strength", "ratio_r", "ratio_eps", "delta"])
+    df["ratio_activation"] = df["ratio_r"]
+    df["probe"] = np.where(df["delta"] >= 0.5, "ft", "base")
+    df["delta_bin"] = delta_bin(df["delta"].to_numpy())
+    df["freq"], df["n_active"], df["mode"] = 0.01, 10, "ratio"
+    df["reason"] = np.where(df["direction"] == "dead", "dead", "")
+    return df
+
+
+def _contexts(latents: list[int]) -> pd.DataFrame:
+    """Three top windows per latent; the peak is token 2 (id 102) with activation 5."""
+    rows = []
+    for lat in latents:
+        for rank in range(3):
+            acts = np.array([0.0, 1.0, 5.0 - rank, 0.5, 0.0], np.float32)
+            rows.append(
+                {
+                    "latent": lat,
+                    "kind": "top",
+                    "rank": rank,
+                    "token_ids": np.arange(100, 105, dtype=np.int32),
+                    "activations": acts,
+                    "max_activation": acts.max(),
+                }
+            )
+    rows.append({**rows[0], "kind": "negative", "rank": 0})
+    return pd.DataFrame(rows)
+
+
+def _categories() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "latent": [0, 1, 2],
+            "direction": ["amplified", "amplified", "suppressed"],
+            "category_embedding": ["chemistry", "law", "none"],
+            "conf_embedding": [0.8, 0.5, 0.1],
+            "category_provenance": ["chemistry", "law", "biology"],
+            "conf_provenance": [0.9, 0.4, 0.7],
+            "category": ["chemistry", "law", "none"],
+            "explanation": [f"acids {EVIL}", "contracts & courts", "plants"],
+        }
+    )
+
+
+def _evaluation() -> dict:
+    per = [
+        {"category": "chemistry", "n": 40, "base_mean": -4.0, "ft_mean": -4.5, "delta": -0.5},
+        {"category": "law", "n": 40, "base_mean": -4.0, "ft_mean": -4.02, "delta": -0.02},
+        {"category": "biology", "n": 40, "base_mean": -4.0, "ft_mean": -6.0, "delta": -2.0},
+    ]
+    for row, (sig, truth, pred) in zip(per, [(True, True, True), (False, False, True), (True, True, False)]):
+        row.update(p_value=0.001 if sig else 0.4, significant=sig, truth=truth, prediction=pred)
+        row.update(direction=-1 if truth else 0, pred_n_amplified=int(pred), pred_n_suppressed=0)
+    return {
+        "config": {"task": "definition_loglik", "threshold": 0.1, "test": "bootstrap", "alpha": 0.05},
+        "meta": {"pair": "full"},
+        "categories": ["biology", "chemistry", "law"],
+        "prevalence": 2 / 3,
+        "per_category": per,
+        "metrics": {
+            "mneme": {"accuracy": 1 / 3, "precision": 0.5, "recall": 0.5, "f1": 0.5, "undefined": []},
+            "all_positive": {
+                "accuracy": 2 / 3,
+                "precision": 2 / 3,
+                "recall": 1.0,
+                "f1": 0.8,
+                "undefined": [],
+            },
+            "decoder_norm_only": {
+                "accuracy": 1 / 3,
+                "precision": None,
+                "recall": 0.0,
+                "f1": None,
+                "undefined": ["precision", "f1"],
+            },
+        },
+        "direction": {"direction_accuracy": 0.5, "n": 3},
+    }
+
+
+def _write(path: Path, obj) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(obj, pd.DataFrame):
+        obj.to_parquet(path, index=False)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in obj))
+    else:
+        path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def make_pair(root: Path, name: str = "full", complete: bool = True) -> dict[str, str | None]:
+    """Every input of one pair; ``complete=False`` leaves out contexts, reversal and the metrics."""
+    d = root / name
+    attr = _attribution()
+    latents = attr[["latent", "delta", "delta_bin", "freq"]].assign(dead=attr["direction"] == "dead")
+    metrics = [
+        {
+            "step": s,
+            "tokens": s * 1024,
+            "loss": 10 / s,
+            "recon_loss": 9 / s,
+            "aux_loss": 0.1,
+            "fvu_base": 1 / s,
+        }
+        | {"fvu_ft": 1.1 / s, "l0": 32.0, "dead_fraction": 0.01 * s, "k": 32, "lr": 1e-3}
+        for s in (1, 2, 3)
+    ]
+    stores = {
+        r: f"results/activations/{m}/corp/L7/manifest.json" for r, m in (("base", "b"), ("finetuned", "f"))
+    }
+    files = {
+        "latents": _write(d / "latents.parquet", latents),
+        "attribution": _write(d / "attribution.parquet", attr),
+        "attribution_summary": _write(d / "attribution_summary.json", attribution_summary(attr)),
+        "selected": _write(d / "selected_latents.json", [0, 1, 2, 3]),
+        "categories": _write(d / "categories.parquet", _categories()),
+        "evaluation": _write(d / "evaluation.json", _evaluation()),
+        "validation": _write(
+            d / "validation.json", {"fvu_base": 0.03, "fvu_ft": 0.04, "l0": 30.5, "dead_fraction": 0.05}
+        ),
+        "crosscoder_config": _write(d / "config.json", {"dict_size": 6, "k": 2, "stores": stores}),
+        "tokenizer": None,
+        "contexts": None,
+        "metrics": None,
+        "reversal": None,
+    }
+    if complete:
+        files["contexts"] = _write(d / "contexts.parquet", _contexts([0, 1, 2, 3]))
+        files["metrics"] = _write(d / "metrics.jsonl", metrics)
+        rev = {
+            "method": "retrain",
+            "summary": {"n_steps": 10},
+            "categories": [
+                {"category": "chemistry", "recovery_targeted": 0.6, "recovery_control": 0.1, "extra": [1, 2]},
+                {"category": "law", "recovery_targeted": 0.2},
+            ],
+        }
+        files["reversal"] = _write(d / "reversal.json", rev)
+    return files
+
+
+@pytest.fixture()
+def built(tmp_path) -> tuple[str, pd.DataFrame, Path]:
+    pairs = {"full": make_pair(tmp_path), "partial pair": make_pair(tmp_path, "partial", complete=False)}
+    out = tmp_path / "out"
+    report.build_report(pairs, out / "report.html", out / "summary.tsv", title="Test <report>")
+    html = (out / "report.html").read_text()
+    return html, pd.read_csv(out / "summary.tsv", sep="\t"), out
+
+
+def _section(html: str, sid: str) -> str:
+    """The HTML of the section with id ``sid`` (up to the next section of the same pair)."""
+    start = html.index(f'<section id="{sid}">')
+    end = html.find("<section id=", start + 10)
+    return html[start : end if end > 0 else len(html)]
+
+
+# ---------------------------------------------------------------------------------------------
+# tests
+
+
+def test_delta_edges_match_attribution_bins():
+    """The dashed lines of the histogram are where mneme.attribution.delta_bin changes bin."""
+    for edge in report.DELTA_EDGES:
+        below, above = delta_bin(np.array([edge - 1e-6, edge + 1e-6]))
+        assert below != above, edge
+
+
+def test_html_has_every_section_and_is_self_contained(built):
+    html, _, _ = built
+    for pair in ("full", "partial pair"):
+        for key, title in report.SECTIONS:
+            sid = report.section_ids(pair)[key]
+            if key == "reversal" and pair == "partial pair":
+                assert f'id="{sid}"' not in html  # no reversal file: no section
+                continue
+            assert f'<section id="{sid}"><h3>{title}</h3>' in html
+            assert f'href="#{sid}"' in html  # table of contents
+    assert 'id="partial-pair"' in html and "<h2>Pair partial pair</h2>" in html
+    assert html.count("data:image/png;base64,") >= 6
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    assert "<script" not in html.lower().replace("&lt;script", "")
+    assert "<title>Test &lt;report&gt;</title>" in html
+    assert "generated " in html and "mneme " in html
+
+
+def test_text_from_files_is_escaped(built):
+    html, _, _ = built
+    assert EVIL not in html
+    assert "acids &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "contracts &amp; courts" in html
+
+
+def test_contexts_highlight_the_peak_token(built):
+    html, _, _ = built
+    latents = _section(html, "full-latents")
+    peak = '<span class="tok peak" style="background:rgba(230,126,34,1.00)" title="5">⟨102⟩ </span>'
+    assert peak in latents
+    assert '<span class="tok" title="0">⟨100⟩ </span>' in latents  # zero activation: no colour
+    assert latents.count('class="tok peak"') == 3 * 4  # 3 windows for each of 4 latents
+    assert "no tokenizer: contexts are shown as token ids" in latents
+
+
+def test_top_latents_are_ordered_and_include_controls(built):
+    html, _, _ = built
+    latents = _section(html, "full-latents")
+    amplified = latents[latents.index("Top amplified") : latents.index("Top suppressed")]
+    assert amplified.index("<td>0</td>") < amplified.index("<td>1</td>")  # by strength
+    assert "Unchanged controls (1)" in latents  # latent 3 selected; latent 4 not
+    assert "chemistry" in amplified and "provenance: chemistry (0.9)" in amplified
+
+
+def test_metrics_and_prediction_sections(built):
+    html, _, _ = built
+    metrics = _section(html, "full-metrics")
+    assert '<tr class="mneme">' in metrics
+    assert "decoder_norm_only precision: nothing predicted as affected" in metrics
+    assert '<td class="na">n/a</td>' in metrics
+    prediction = _section(html, "full-prediction")
+    assert "definition_loglik" in prediction and "data:image/png;base64," in prediction
+    assert prediction.count("<tr>") >= 3
+
+
+def test_reversal_section_is_generic(built):
+    html, _, _ = built
+    rev = _section(html, "full-reversal")
+    assert "recovery_targeted" in rev and "data:image/png;base64," in rev
+    assert "summary.n_steps" in rev and "retrain" in rev
+    assert "[1, 2]" in rev  # nested values shown as JSON
+
+
+def test_missing_optional_files_render_not_available(built):
+    html, _, _ = built
+    assert "not available" in _section(html, "partial-pair-training")
+    latents = _section(html, "partial-pair-latents")
+    assert "example contexts not available" in latents and 'class="na">not available</span>' in latents
+    assert "data:image/png;base64," in _section(html, "partial-pair-ratios")
+
+
+def test_summary_tsv_has_one_row_per_pair(built):
+    _, summary, _ = built
+    assert list(summary["pair"]) == ["full", "partial pair"]
+    row = summary.iloc[0]
+    assert (row["base"], row["finetuned"], row["layer"]) == ("b", "f", 7)
+    assert (row["n_latents"], row["n_amplified"], row["n_suppressed"]) == (6, 2, 1)
+    assert row["fvu_base"] == pytest.approx(0.03) and row["l0"] == pytest.approx(30.5)
+    assert row["prevalence"] == pytest.approx(2 / 3)
+    assert row["mneme_f1"] == pytest.approx(0.5) and row["all_positive_f1"] == pytest.approx(0.8)
+    assert np.isnan(row["decoder_norm_only_precision"])
+    assert row["reversal_mean_recovery_targeted"] == pytest.approx(0.4)
+    assert row["reversal_summary_n_steps"] == 10
+    assert np.isnan(summary.iloc[1]["reversal_mean_recovery_targeted"])
+
+
+def test_unreadable_file_is_reported_not_fatal(tmp_path):
+    files = make_pair(tmp_path, complete=False)
+    Path(files["evaluation"]).write_text("{not json")
+    files["latents"] = str(tmp_path / "nope.parquet")
+    out = tmp_path / "out"
+    report.build_report({"p": files}, out / "r.html", out / "s.tsv")
+    html = (out / "r.html").read_text()
+    assert "could not read evaluation.json" in _section(html, "p-metrics")
+    assert "not available" in _section(html, "p-delta")
+
+
+def test_thresholds_prefer_config_then_summary_then_defaults():
+    assert report._thresholds(None, None)["tau_eps"] == report.attribution_defaults()["tau_eps"]
+    assert report._thresholds({"tau_r": 0.3}, None) | {"source": ""} == {
+        **report.attribution_defaults(),
+        "tau_r": 0.3,
+        "source": "",
+    }
+    t = report._thresholds({"tau_r": 0.3}, {"tau_r": 0.4, "mode": "simple"})
+    assert (t["tau_r"], t["mode"], t["source"]) == (0.4, "simple", "config")
+
+
+def test_tokenizer_decodes_contexts(tmp_path, tiny_model):
+    files = make_pair(tmp_path)
+    files["tokenizer"] = tiny_model
+    out = tmp_path / "out"
+    report.build_report({"t": files}, out / "r.html", out / "s.tsv")
+    latents = _section((out / "r.html").read_text(), "t-latents")
+    assert "⟨102⟩" not in latents and 'class="tok peak"' in latents
+    from mneme.models import load_tokenizer
+
+    text = report.esc(load_tokenizer(tiny_model).decode([102]).replace("\n", "↵"))
+    assert f'title="5">{text}</span>' in latents
+
+
+def test_rule_script(tmp_path):
+    spec = importlib.util.spec_from_file_location("report_rule", REPO / "workflow_scripts" / "report.py")
+    rule = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rule)
+    out = tmp_path / "out"
+    smk = SimpleNamespace(
+        params=SimpleNamespace(
+            files={"p": make_pair(tmp_path, complete=False)}, pairs=["p"], attribution={"tau_r": 0.25}
+        ),
+        output=SimpleNamespace(html=str(out / "report.html"), summary=str(out / "summary.tsv")),
+        log=[str(tmp_path / "report.log")],
+    )
+    rule.main(smk)
+    assert 'tau_r</th><td class="num">0.25' in (out / "report.html").read_text()
+    assert list(pd.read_csv(out / "summary.tsv", sep="\t")["pair"]) == ["p"]
+
+
+@pytest.mark.skipif(not (REAL / "evaluation.json").is_file(), reason="no demo results in results/bio-rmu")
+def test_real_bio_rmu(tmp_path):
+    c = REAL / "crosscoder"
+    files = {
+        "latents": REAL / "latents.parquet",
+        "attribution": REAL / "attribution.parquet",
+        "attribution_summary": REAL / "attribution_summary.json",
+        "selected": REAL / "selected_latents.json",
+        "contexts": REAL / "contexts.parquet",
+        "categories": REAL / "categories.parquet",
+        "evaluation": REAL / "evaluation.json",
+        "metrics": c / "metrics.jsonl",
+        "validation": c / "validation.json",
+        "crosscoder_config": c / "config.json",
+        "tokenizer": REPO / "results" / "models" / "smollm2",
+        "reversal": REAL / "reversal.json",
+    }
+    t0 = time.perf_counter()
+    summary = report.build_report(
+        {"bio-rmu": {k: str(v) for k, v in files.items()}}, tmp_path / "r.html", tmp_path / "s.tsv"
+    )
+    html = (tmp_path / "r.html").read_text()
+    print(f"real report: {len(html.encode()) / 1024:.0f} KiB in {time.perf_counter() - t0:.1f} s")
+    for key, _ in report.SECTIONS[:-1]:
+        assert f'id="bio-rmu-{key}"' in html
+    assert summary.loc[0, "base"] and summary.loc[0, "n_latents"] > 0
+    assert html.count("data:image/png;base64,") >= 4
