@@ -208,6 +208,17 @@ def test_report_has_every_section(workflow):
     assert summary.loc[0, "mneme_accuracy"] == pytest.approx(evaluation["metrics"]["mneme"]["accuracy"])
 
 
+def test_snakemake_report_includes_ours(workflow, tmp_path):
+    import zipfile
+
+    workdir, cfg = workflow
+    out = tmp_path / "snakemake-report.zip"
+    snakemake(workdir, "--report", str(out))
+    names = zipfile.ZipFile(out).namelist()
+    assert any(n.endswith("results/report.html") for n in names), names
+    assert any(n.endswith("results/summary.tsv") for n in names), names
+
+
 def test_reversal_output(workflow):
     workdir, cfg = workflow
     result = json.loads((workdir / "results/tiny/reversal.json").read_text())

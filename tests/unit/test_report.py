@@ -165,11 +165,30 @@ def make_pair(root: Path, name: str = "full", complete: bool = True) -> dict[str
         files["contexts"] = _write(d / "contexts.parquet", _contexts([0, 1, 2, 3]))
         files["metrics"] = _write(d / "metrics.jsonl", metrics)
         rev = {
-            "method": "retrain",
-            "summary": {"n_steps": 10},
+            "task": "definition_loglik",
+            "target": ["biology"],
+            "config": {"directions": ["suppressed"], "pool": "ranked", "method": "lora", "lr": 3e-4},
             "categories": [
-                {"category": "chemistry", "recovery_targeted": 0.6, "recovery_control": 0.1, "extra": [1, 2]},
-                {"category": "law", "recovery_targeted": 0.2},
+                {
+                    "category": "chemistry",
+                    "status": "ok",
+                    "n_latents": 2,
+                    "latents": [
+                        {"latent": 4, "direction": "suppressed"},
+                        {"latent": 9, "direction": "suppressed"},
+                    ],
+                    "n_tokens": 4096,
+                    "score_base": -4.0,
+                    "score_ft": -5.0,
+                    "score_targeted": -4.4,
+                    "score_control": -4.9,
+                    "recovery_targeted": 0.6,
+                    "recovery_control": 0.1,
+                    "target_rebound_targeted": {"biology": 0.25},
+                    "utility_change_targeted": 0.2,
+                    "contexts_targeted": list(range(40)),
+                },
+                {"category": "law", "status": "no_latents", "reason": "no suppressed latent mapped to law"},
             ],
         }
         files["reversal"] = _write(d / "reversal.json", rev)
@@ -258,12 +277,16 @@ def test_metrics_and_prediction_sections(built):
     assert prediction.count("<tr>") >= 3
 
 
-def test_reversal_section_is_generic(built):
+def test_reversal_section(built):
     html, _, _ = built
     rev = _section(html, "full-reversal")
-    assert "recovery_targeted" in rev and "data:image/png;base64," in rev
-    assert "summary.n_steps" in rev and "retrain" in rev
-    assert "[1, 2]" in rev  # nested values shown as JSON
+    assert "R targeted" in rev and "data:image/png;base64," in rev
+    assert "biology +0.25" in rev  # the target's change, readable
+    assert "no_latents: no suppressed latent mapped to law" in rev
+    assert "latents trained on" in rev and "4 (suppressed)" in rev
+    assert "contexts_targeted" not in rev  # context indices are not dumped
+    assert "gain on c beyond utility (targeted)" in rev
+    assert ">0.4<" in rev  # (-4.4 - -5.0) - 0.2: the gain on chemistry beyond the others' gain
 
 
 def test_missing_optional_files_render_not_available(built):
@@ -284,9 +307,10 @@ def test_summary_tsv_has_one_row_per_pair(built):
     assert row["prevalence"] == pytest.approx(2 / 3)
     assert row["mneme_f1"] == pytest.approx(0.5) and row["all_positive_f1"] == pytest.approx(0.8)
     assert np.isnan(row["decoder_norm_only_precision"])
-    assert row["reversal_mean_recovery_targeted"] == pytest.approx(0.4)
-    assert row["reversal_summary_n_steps"] == 10
-    assert np.isnan(summary.iloc[1]["reversal_mean_recovery_targeted"])
+    assert row["reversal_recovery_targeted"] == pytest.approx(0.6)
+    assert row["reversal_recovery_control"] == pytest.approx(0.1)
+    assert row["reversal_categories"] == "chemistry,law"
+    assert np.isnan(summary.iloc[1]["reversal_recovery_targeted"])
 
 
 def test_unreadable_file_is_reported_not_fatal(tmp_path):

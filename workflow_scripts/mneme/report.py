@@ -64,7 +64,6 @@ UNDEFINED_REASONS = {
     "f1": "precision or recall undefined, or both 0",
     "accuracy": "no categories (n = 0)",
 }
-REVERSAL_KEYS = ("category", "recovery_targeted", "recovery_control", "target_rebound", "utility_change")
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;margin:0;
@@ -810,40 +809,90 @@ def section_metrics(pair: PairData) -> str:
 # --- reversal ------------------------------------------------------------------------------
 
 
-def _scalars(obj: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Scalar values of a JSON object, one level of nested objects flattened as ``a.b``."""
-    out = []
-    for k, v in obj.items():
-        if isinstance(v, Mapping) and not prefix:
-            out += _scalars(v, f"{k}.")
-        elif v is None or isinstance(v, str | int | float | bool):
-            out.append((f"{prefix}{k}", v))
-    return out
+REVERSAL_COLUMNS = [
+    ("category", "category"),
+    ("status", "status"),
+    ("n_latents", "latents"),
+    ("n_tokens", "tokens"),
+    ("score_base", "base"),
+    ("score_ft", "fine-tuned"),
+    ("score_targeted", "retrained: targeted"),
+    ("score_control", "retrained: control"),
+    ("recovery_targeted", "R targeted"),
+    ("recovery_control", "R control"),
+    ("target_rebound_targeted", "target change (targeted)"),
+    ("target_rebound_control", "target change (control)"),
+    ("utility_change_targeted", "utility change (targeted)"),
+    ("utility_change_control", "utility change (control)"),
+    ("specific_gain_targeted", "gain on c beyond utility (targeted)"),
+    ("specific_gain_control", "gain on c beyond utility (control)"),
+]
 
 
-def _row_tables(rev: Mapping[str, Any]) -> dict[str, list[dict]]:
-    """Every top-level list of objects (``categories`` first), rendered as a table."""
-    tables = {
-        k: v for k, v in rev.items() if isinstance(v, list) and v and all(isinstance(r, Mapping) for r in v)
-    }
-    return dict(sorted(tables.items(), key=lambda kv: kv[0] != "categories"))
+def _changes_text(value: Any) -> Any:
+    """``{category: change}`` (a target's rebound) as short text; other values unchanged."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {float(v):+.3g}" for k, v in value.items() if _is_num(v)) or None
+    return value
+
+
+def _specific_gain(rec: Mapping[str, Any], arm: str) -> float | None:
+    """The retrained model's gain on the category minus its mean gain on the other categories.
+
+    Retraining on any in-format corpus text can lift every category (and R far above 1); what is
+    specific to the category is the part of its gain that the others do not share.
+    """
+    score, ft, utility = rec.get(f"score_{arm}"), rec.get("score_ft"), rec.get(f"utility_change_{arm}")
+    if not all(_is_num(v) for v in (score, ft, utility)):
+        return None
+    return float(score) - float(ft) - float(utility)
+
+
+def _reversal_row(rec: Mapping[str, Any]) -> dict[str, Any]:
+    rec = {**rec, **{f"specific_gain_{arm}": _specific_gain(rec, arm) for arm in ("targeted", "control")}}
+    row = {key: _changes_text(rec.get(key)) for key, _ in REVERSAL_COLUMNS}
+    if rec.get("status") not in (None, "ok"):
+        row["status"] = f"{rec.get('status')}: {rec.get('reason') or ''}"
+    return row
 
 
 def section_reversal(pair: PairData) -> str:
-    """Whatever reversal.json holds, readably: scalars, per-category rows, recovery bars."""
+    """The reversal experiment (method.md 4.4): per category, the scores of the retrained models,
+    the recovery ratio R = (retrained - ft) / (base - ft) for the targeted contexts and for the
+    random control, the change on the intervention's own target and on the other categories."""
     rev = pair.reversal
     if not isinstance(rev, Mapping):
         return na("reversal.json is not a JSON object")
-    out = kv_table(_scalars(rev)) if _scalars(rev) else ""
-    for key, rows in _row_tables(rev).items():
-        cols = [k for k in REVERSAL_KEYS if any(k in r for r in rows)]
-        cols += [k for k in _union_keys(rows) if k not in cols]
-        flat = [{k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in r.items()} for r in rows]
-        out += f"<h4>{esc(key)}</h4>" + table(flat, [(k, k) for k in cols])
-    cats = _row_tables(rev).get("categories") or []
-    if any("recovery_targeted" in r and "recovery_control" in r for r in cats):
+    cats = [r for r in rev.get("categories") or [] if isinstance(r, Mapping)]
+    if not cats:
+        return na("no reversal category (none was predicted or configured)")
+    cfg = rev.get("config") or {}
+    facts = [
+        ("task", rev.get("task")),
+        ("target categories", ", ".join(rev.get("target") or cfg.get("target_categories") or []) or None),
+        (
+            "latents",
+            f"{'/'.join(cfg.get('directions') or [])}, pool {cfg.get('pool')}, mapping {cfg.get('mapping')}",
+        ),
+        (
+            "training",
+            f"{cfg.get('method')}, lr {cfg.get('lr')}, {cfg.get('epochs')} epoch(s), token budget {cfg.get('token_budget')}",
+        ),
+    ]
+    out = kv_table([(k, v) for k, v in facts if v is not None])
+    out += table([_reversal_row(r) for r in cats], REVERSAL_COLUMNS)
+    if any(_is_num(r.get("recovery_targeted")) or _is_num(r.get("recovery_control")) for r in cats):
         out += figure(lambda fig: _draw_recovery(fig, cats), (8, 3.4), "reversal recovery")
-    return out or na("reversal.json is empty")
+    latents = [
+        f"<li>{esc(r['category'])}: "
+        + ", ".join(f"{int(x['latent'])} ({esc(str(x.get('direction')))})" for x in r.get("latents") or [])
+        + "</li>"
+        for r in cats
+        if r.get("latents")
+    ]
+    if latents:
+        out += f'<details class="small"><summary>latents trained on</summary><ul>{"".join(latents)}</ul></details>'
+    return out
 
 
 def _num(row: Mapping[str, Any], key: str) -> float:
@@ -891,13 +940,12 @@ def summary_row(pair: PairData) -> dict[str, Any]:
 
 
 def _reversal_columns(rev: Mapping[str, Any]) -> dict[str, Any]:
-    """Scalars of reversal.json, and the mean of each numeric per-category key."""
-    out = {f"reversal_{k.replace('.', '_')}": v for k, v in _scalars(rev) if not isinstance(v, str)}
-    cats = _row_tables(rev).get("categories") or []
-    for key in _union_keys(cats):
-        vals = [float(r[key]) for r in cats if _is_num(r.get(key))]
-        if vals:
-            out[f"reversal_mean_{key}"] = float(np.mean(vals))
+    """The reversal categories and their mean recovery ratios (targeted and control)."""
+    cats = [r for r in rev.get("categories") or [] if isinstance(r, Mapping)]
+    out: dict[str, Any] = {"reversal_categories": ",".join(str(r.get("category")) for r in cats)}
+    for arm in ("targeted", "control"):
+        vals = [float(r[f"recovery_{arm}"]) for r in cats if _is_num(r.get(f"recovery_{arm}"))]
+        out[f"reversal_recovery_{arm}"] = float(np.mean(vals)) if vals else None
     return out
 
 
