@@ -55,7 +55,7 @@ def gcide_sample(tmp_path_factory) -> Path:
 
 def copy_workflow(dest: Path) -> Path:
     """Copy the workflow (Snakefile, rules, scripts, config, profiles) so a test may edit it."""
-    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles", "report"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -214,9 +214,11 @@ def test_snakemake_report_includes_ours(workflow, tmp_path):
     workdir, cfg = workflow
     out = tmp_path / "snakemake-report.zip"
     snakemake(workdir, "--report", str(out))
-    names = zipfile.ZipFile(out).namelist()
-    assert any(n.endswith("results/report.html") for n in names), names
-    assert any(n.endswith("results/summary.tsv") for n in names), names
+    archive = zipfile.ZipFile(out)
+    stored = {Path(n).name: n for n in archive.namelist() if "/data/raw/" in n}
+    assert {"report.html", "summary.tsv"} <= set(stored), archive.namelist()
+    ours = (workdir / "results/report.html").read_bytes()
+    assert archive.read(stored["report.html"]) == ours
 
 
 def test_reversal_output(workflow):

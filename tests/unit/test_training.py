@@ -235,3 +235,23 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
     assert state["step"] == last
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert not (tmp_path / "cc").exists()
+
+
+def test_logged_fvu_is_over_the_whole_log_window():
+    """The logged training FVU equals the FVU of all batches since the last log, concatenated."""
+    from mneme.crosscoder import fraction_of_variance_unexplained
+    from mneme.training import _FVUWindow
+
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(16, 2, 8, generator=g) + shift for shift in (0.0, 3.0, -2.0)]
+    recons = [x + 0.3 * torch.randn(x.shape, generator=g) for x in batches]
+    window = _FVUWindow()
+    for x, x_hat in zip(batches, recons):
+        window.add(x, x_hat)
+    x_all, hat_all = torch.cat(batches), torch.cat(recons)
+    reference = ((x_all - hat_all) ** 2).sum(dim=(0, 2)) / ((x_all - x_all.mean(0)) ** 2).sum(dim=(0, 2))
+    assert window.fvu() == pytest.approx(reference.tolist(), rel=1e-5)
+    window.add(batches[0], recons[0])  # the window starts afresh after a log line
+    assert window.fvu() == pytest.approx(
+        fraction_of_variance_unexplained(batches[0], recons[0]).tolist(), rel=1e-5
+    )

@@ -36,7 +36,6 @@ import torch
 from mneme.activation_store import PairedStores
 from mneme.crosscoder import (
     CrossCoder,
-    fraction_of_variance_unexplained,
     load_crosscoder,
     replace_dir,
     resolve_device,
@@ -432,6 +431,7 @@ def train_crosscoder(
 
     t_start = time.perf_counter()
     t_log, tokens_log = t_start, 0
+    window = _FVUWindow()
     last_scores = None
     with open(metrics_path, "a") as metrics_file, loader.train_batches(position) as batches:
         while step < total_steps:
@@ -452,6 +452,7 @@ def train_crosscoder(
             loss = float(out.loss.detach())
             if not math.isfinite(loss):
                 raise diverged("the loss", loss)
+            window.add(x, out.x_hat)
             out.loss.backward()
             if cfg.grad_clip > 0:
                 gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
@@ -474,7 +475,7 @@ def train_crosscoder(
             info = {"loss": loss, "grad_norm": gnorm}
             if step % cfg.log_every == 0 or step == total_steps:
                 now = time.perf_counter()
-                fvu = _batch_fvu(x, out.x_hat)
+                fvu = window.fvu()
                 rec = {
                     "step": step,
                     "tokens": tokens_seen,
@@ -556,8 +557,40 @@ def train_crosscoder(
     return summary
 
 
-def _batch_fvu(x: torch.Tensor, x_hat: torch.Tensor) -> list[float]:
-    return [float(v) for v in fraction_of_variance_unexplained(x, x_hat)]
+class _FVUWindow:
+    """FVU per model over every batch since the last log line, around the window's mean.
+
+    One batch's FVU is noisy: a shuffled batch drawn from few contexts has little variance of
+    its own, so the logged curve jumped by 10x between log points while the loss fell steadily.
+    Summing errors and second moments over the window gives the same quantity as the
+    validation FVU, on training data.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sse = self.sum_x = self.sum_sq = None
+        self.n = 0
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        x, x_hat = x.float(), x_hat.float()
+        sse, sum_x, sum_sq = (x - x_hat).pow(2).sum(dim=(0, 2)), x.sum(dim=0), x.pow(2).sum(dim=(0, 2))
+        if self.sse is None:
+            self.sse, self.sum_x, self.sum_sq = sse, sum_x, sum_sq
+        else:
+            self.sse += sse
+            self.sum_x += sum_x
+            self.sum_sq += sum_sq
+        self.n += x.shape[0]
+
+    def fvu(self) -> list[float]:
+        """The window's FVU per model; the window starts afresh."""
+        sst = self.sum_sq - self.sum_x.pow(2).sum(dim=-1) / self.n
+        out = [float(v) for v in self.sse / sst.clamp_min(1e-30)]
+        self.reset()
+        return out
 
 
 def _train_tail(stores: PairedStores, lo: int, batch_size: int):
