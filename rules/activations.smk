@@ -7,7 +7,7 @@ rule extract_activations:
         model=lambda wc: model_dir(wc.model),
         tokens=f"{RESULTS}/corpus/{{corpus}}/tokens.zarr",
         checks=lambda wc: gate(pair_checks(pairs_using_store(wc.model, wc.corpus, wc.layer))),
-        code=code("extraction", "activation_store", "models"),
+        code=script_code("extract_activations"),
     output:
         directory(f"{RESULTS}/activations/{{model}}/{{corpus}}/L{{layer}}/shard_{{shard}}.zarr"),
     log:
@@ -33,7 +33,7 @@ rule extract_activations:
 rule index_activations:
     input:
         shards=store_shards,
-        code=code("activation_store"),
+        code=script_code("index_activations"),
     output:
         f"{RESULTS}/activations/{{model}}/{{corpus}}/L{{layer}}/manifest.json",
     log:

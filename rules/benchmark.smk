@@ -3,7 +3,6 @@
 # questions (hub or a local file), subjects mapped to categories; lm_eval = per-task accuracies
 # imported from the model's lm-evaluation-harness results file (no model needed). Items are built
 # deterministically from the config, so every model sees the same.
-from mneme.benchmark import KIND_MODULES, kind_inputs, kind_options
 
 BENCHMARK_KIND = config["benchmark"]["kind"]
 
@@ -19,7 +18,7 @@ rule benchmark:
             )
         ),
         categories=gcide_category_input() if BENCHMARK_KIND == "gcide" else [],
-        code=code(*KIND_MODULES[BENCHMARK_KIND]),
+        code=script_code("benchmark"),
     output:
         results=f"{RESULTS}/benchmarks/{{model}}/{BENCHMARK_KIND}.parquet",
         summary=f"{RESULTS}/benchmarks/{{model}}/{BENCHMARK_KIND}_summary.tsv",

@@ -1,10 +1,13 @@
 # Helpers shared by all stages: paths, per-wildcard config lookups, code inputs.
 # No rules here (snakemake --lint flags files that mix rules and functions).
+import functools
 import os
 import re
 
 import yaml
 
+from mneme.benchmark_options import kind_inputs, kind_options, mmlu_inputs
+from mneme.code_deps import library_modules
 from mneme.config import corpus_tokenizer, pair_target, resolve_path
 
 RESULTS = "results"
@@ -12,13 +15,15 @@ ORGANISM_MODELS = [m for m, s in config["models"].items() if s["source"] == "org
 PREPARED_MODELS = [m for m, s in config["models"].items() if s["source"] != "organism"]
 
 
-def code(*modules):
-    """Library modules a rule imports, as inputs, so that editing one re-runs its rules.
+def script_code(script):
+    """The library modules a rule script imports (read from the code, see mneme.code_deps), as
+    inputs, so that editing one re-runs its rules.
 
     Absolute paths from workflow.basedir work with any --directory; small files are compared by
     checksum, so a plain touch or checkout does not trigger a re-run.
     """
-    return [os.path.join(workflow.basedir, "workflow_scripts", "mneme", f"{m}.py") for m in modules]
+    scripts = os.path.join(workflow.basedir, "workflow_scripts")
+    return list(library_modules(os.path.join(scripts, f"{script}.py"), os.path.join(scripts, "mneme")))
 
 
 def one_of(names):
@@ -67,6 +72,7 @@ def gcide_category_path():
     return resolve_path(config["gcide"]["categories"], workflow.basedir)
 
 
+@functools.cache
 def gcide_labels():
     """The category -> GCIDE tag definitions of the category file, as a param.
 
@@ -145,10 +151,7 @@ def reverse_benchmark_inputs(wildcards):
     if kind == "gcide":
         extra["gcide_categories"] = gcide_category_input()
     elif kind == "mmlu":
-        mmlu = config["benchmark"]["mmlu"]
-        extra["mmlu_categories"] = resolve_path(mmlu["categories"], workflow.basedir)
-        if mmlu["path"]:
-            extra["mmlu_data"] = resolve_path(mmlu["path"], workflow.basedir)
+        extra.update(mmlu_inputs(config["benchmark"], lambda p: resolve_path(p, workflow.basedir)))
     return extra
 
 

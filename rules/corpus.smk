@@ -7,7 +7,7 @@ rule sample_corpus:
         tokenizer=corpus_tokenizer_dir,
         checks=lambda wc: gate(pair_checks(pairs_using_corpus(wc.corpus))),
         categories=gcide_category_file,
-        code=code("corpus", "gcide", "models"),
+        code=script_code("sample_corpus"),
     output:
         tokens=directory(f"{RESULTS}/corpus/{{corpus}}/tokens.zarr"),
         docs=f"{RESULTS}/corpus/{{corpus}}/docs.parquet",

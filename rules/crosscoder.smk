@@ -5,7 +5,7 @@
 rule train_crosscoder:
     input:
         unpack(lambda wc: pair_manifests(wc.pair)),
-        code=code("training", "crosscoder", "paired_loader", "activation_store"),
+        code=script_code("train_crosscoder"),
     output:
         directory(f"{RESULTS}/{{pair}}/crosscoder"),
     log:

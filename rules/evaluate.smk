@@ -11,7 +11,7 @@ rule evaluate:
         categories=f"{RESULTS}/{{pair}}/categories.parquet",
         attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
         category_mass=f"{RESULTS}/{{pair}}/category_mass.parquet",
-        code=code("evaluation"),
+        code=script_code("evaluate"),
     output:
         f"{RESULTS}/{{pair}}/evaluation.json",
     log:

@@ -10,7 +10,7 @@ rule interpret:
         unpack(interpret_inputs),
         contexts=f"{RESULTS}/{{pair}}/contexts.parquet",
         attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
-        code=code("interpret", "explainer_prompts", "llm_backends", "models"),
+        code=script_code("interpret"),
     output:
         f"{RESULTS}/{{pair}}/explanations.jsonl",
     log:
@@ -36,7 +36,7 @@ rule map_categories:
         attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
         category_mass=f"{RESULTS}/{{pair}}/category_mass.parquet",
         categories=category_file(),
-        code=code("categorize", "interpret", "explainer_prompts", "llm_backends"),
+        code=script_code("map_categories"),
     output:
         f"{RESULTS}/{{pair}}/categories.parquet",
     log:

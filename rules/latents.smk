@@ -9,7 +9,7 @@ rule latent_stats:
         crosscoder=f"{RESULTS}/{{pair}}/crosscoder",
         tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
         docs=lambda wc: pair_corpus(wc.pair, "docs.parquet"),
-        code=code("latent_stats", "crosscoder", "activation_store"),
+        code=script_code("latent_stats"),
     output:
         latents=f"{RESULTS}/{{pair}}/latents.parquet",
         topk=f"{RESULTS}/{{pair}}/topk.npz",
@@ -31,7 +31,7 @@ rule latent_scaling:
     input:
         unpack(lambda wc: pair_manifests(wc.pair)),
         crosscoder=f"{RESULTS}/{{pair}}/crosscoder",
-        code=code("latent_scaling", "crosscoder", "activation_store", "paired_loader"),
+        code=script_code("latent_scaling"),
     output:
         betas=f"{RESULTS}/{{pair}}/betas.parquet",
         cost=f"{RESULTS}/{{pair}}/scaling_cost.json",
@@ -52,7 +52,7 @@ rule attribute:
     input:
         latents=f"{RESULTS}/{{pair}}/latents.parquet",
         betas=f"{RESULTS}/{{pair}}/betas.parquet",
-        code=code("attribution"),
+        code=script_code("attribute"),
     output:
         attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
         summary=f"{RESULTS}/{{pair}}/attribution_summary.json",
@@ -75,7 +75,7 @@ rule collect_contexts:
         tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
         topk=f"{RESULTS}/{{pair}}/topk.npz",
         selected=f"{RESULTS}/{{pair}}/selected_latents.json",
-        code=code("latent_stats", "crosscoder", "activation_store"),
+        code=script_code("collect_contexts"),
     output:
         f"{RESULTS}/{{pair}}/contexts.parquet",
     log:

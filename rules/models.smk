@@ -4,7 +4,7 @@
 
 rule prepare_model:
     input:
-        code=code("models"),
+        code=script_code("prepare_model"),
     output:
         directory(f"{RESULTS}/models/{{model}}"),
     log:
@@ -25,7 +25,7 @@ rule check_pair:
     input:
         base=lambda wc: model_dir(config["pairs"][wc.pair]["base"]),
         finetuned=lambda wc: model_dir(config["pairs"][wc.pair]["finetuned"]),
-        code=code("models"),
+        code=script_code("check_pair"),
     output:
         f"{RESULTS}/pairs/{{pair}}/check.json",
     log:

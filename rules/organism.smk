@@ -6,7 +6,7 @@ rule make_organism:
     input:
         base=lambda wc: model_dir(config["models"][wc.model]["base"]),
         categories=gcide_category_input(),
-        code=code("organism", "models", "gcide", "extraction"),
+        code=script_code("make_organism"),
     output:
         directory(f"{RESULTS}/models/{{model}}"),
     log:

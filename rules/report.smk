@@ -5,7 +5,7 @@
 rule report:
     input:
         report_inputs,
-        code=code("report"),
+        code=script_code("report"),
     output:
         html=report(
             f"{RESULTS}/report.html",
@@ -25,6 +25,5 @@ rule report:
     params:
         files=report_files,
         meta=config["pairs"],
-        attribution=config["attribution"],
     script:
         "../workflow_scripts/report.py"

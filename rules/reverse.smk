@@ -13,7 +13,7 @@ rule reverse:
         category_mass=f"{RESULTS}/{{pair}}/category_mass.parquet",
         topk=f"{RESULTS}/{{pair}}/topk.npz",
         tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
-        code=code("reversal", "benchmark", "mmlu", "organism", "models", "latent_stats", "gcide"),
+        code=script_code("reverse"),
     output:
         result=f"{RESULTS}/{{pair}}/reversal.json",
         scored=f"{RESULTS}/{{pair}}/reversal_items.parquet",
@@ -31,7 +31,7 @@ rule reverse:
     params:
         options=config["reverse"],
         target=lambda wc: pair_target(config, wc.pair),
-        benchmark=config["benchmark"],
+        benchmark=kind_options(config["benchmark"]),
         task=config["evaluate"]["task"],
         gcide=lambda wc: gcide_settings(),
     script:

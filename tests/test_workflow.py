@@ -323,6 +323,8 @@ def test_slurm_profile_routes_gpu_rules(workflow):
     assert "slurm_partition=gpu" in extract and "gpu=1" in extract and "tasks_per_gpu=0" in extract
     corpus = text.split("rule sample_corpus:", 1)[1].split("rule ", 1)[0]
     assert "slurm_partition=cpu" in corpus and "gpu=" not in corpus
+    reverse = text.split("rule reverse:", 1)[1].split("rule ", 1)[0]
+    assert "slurm_partition=gpu" in reverse and "gpu=1" in reverse
 
 
 def test_lint_and_format_are_clean():
@@ -337,7 +339,8 @@ def test_lint_and_format_are_clean():
         cwd=REPO,
     )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
-    ruff = subprocess.run(
-        [str(Path(snakemake_bin()).with_name("ruff")), "check", "."], capture_output=True, text=True, cwd=REPO
-    )
-    assert ruff.returncode == 0, ruff.stdout + ruff.stderr
+    for args in (["check", "."], ["format", "--check", "."]):
+        ruff = subprocess.run(
+            [str(Path(snakemake_bin()).with_name("ruff")), *args], capture_output=True, text=True, cwd=REPO
+        )
+        assert ruff.returncode == 0, ruff.stdout + ruff.stderr

@@ -22,7 +22,7 @@ def main(smk) -> None:
         min_active=opts["min_active"],
     )
     table.to_parquet(smk.output.attribution, index=False)
-    summary = attribution_summary(table)
+    summary = attribution_summary(table, {k: opts[k] for k in ("mode", "tau_r", "tau_eps", "kappa")})
     with open(smk.output.summary, "w") as fh:
         json.dump(summary, fh, indent=2, default=str)
     selected = select_for_interpretation(
@@ -30,7 +30,7 @@ def main(smk) -> None:
     )
     with open(smk.output.selected, "w") as fh:
         json.dump([int(x) for x in selected], fh)
-    log.info("attribution: %s; %d latents selected for interpretation", summary.get("counts"), len(selected))
+    log.info("attribution: %s; %d latents selected for interpretation", summary["directions"], len(selected))
 
 
 if __name__ == "__main__":

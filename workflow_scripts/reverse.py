@@ -63,12 +63,6 @@ def make_scorer(smk, collected: list[pd.DataFrame]):
     raise ValueError(f"benchmark.kind {kind!r}: the reversal stage re-scores models itself (gcide or mmlu)")
 
 
-def device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def main(smk) -> None:
     setup_logging(smk.log[0])
     set_threads(smk.threads)
@@ -94,13 +88,16 @@ def main(smk) -> None:
         category_means(pd.read_parquet(smk.input.ft_results), task),
         target_categories=target,
         options=opts,
-        device=device(),
+        device="auto",
     )
     result.update(pair=smk.wildcards.pair, task=task, target=target, requested=requested)
     with open(smk.output.result, "w") as fh:
         json.dump(to_jsonable(result), fh, indent=2, allow_nan=False)
     runs = [(c, arm) for c in result["categories"] if c["status"] == "ok" for arm in ("targeted", "control")]
-    frames = [df.assign(reversal_category=c["category"], arm=arm) for (c, arm), df in zip(runs, collected)]
+    frames = [
+        df.assign(reversal_category=c["category"], arm=arm)
+        for (c, arm), df in zip(runs, collected, strict=True)
+    ]
     items = (
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["reversal_category", "arm"])
     )

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mneme import benchmark
+from mneme import benchmark, benchmark_options
 
 # Hand-written entries in the layout of /usr/share/dictd/gcide.dict.dz.
 SNIPPET = """\
@@ -268,7 +268,7 @@ def test_tasks_option_in_config_and_params() -> None:
     assert "evaluate.task: 'multiple_choice' is not among benchmark.tasks ['definition_loglik']" in msg
     cfg["evaluate"]["task"] = "definition_loglik"
     cfg = validate_config(cfg, REPO / "config" / "schema.yaml", REPO)
-    opts = benchmark.kind_options(cfg["benchmark"])
+    opts = benchmark_options.kind_options(cfg["benchmark"])
     assert opts["tasks"] == ["definition_loglik"] and "mmlu" not in opts and "lm_eval" not in opts
     cfg["benchmark"]["tasks"] = []
     assert "benchmark.tasks" in _problems(cfg)
@@ -293,9 +293,9 @@ def test_mmlu_and_lm_eval_config_checks(tmp_path) -> None:
     cfg["benchmark"] = {"kind": "mmlu", "mmlu": {"path": str(data), "n_per_subject": 5}}
     cfg["evaluate"] = {"task": "mmlu"}
     cfg = validate_config(cfg, REPO / "config" / "schema.yaml", REPO)
-    opts = benchmark.kind_options(cfg["benchmark"])
+    opts = benchmark_options.kind_options(cfg["benchmark"])
     assert set(opts) == {"kind", "seed", "batch_size", "mmlu"} and opts["mmlu"]["k_shot"] == 0
-    inputs = benchmark.kind_inputs(cfg["benchmark"], "smollm2", "results/models/smollm2", lambda p: p)
+    inputs = benchmark_options.kind_inputs(cfg["benchmark"], "smollm2", "results/models/smollm2", lambda p: p)
     assert inputs == {
         "model": "results/models/smollm2",
         "mmlu_categories": "config/categories/mmlu.yaml",
@@ -315,6 +315,6 @@ def test_mmlu_and_lm_eval_config_checks(tmp_path) -> None:
     cfg["benchmark"]["lm_eval"]["files"]["smollm2-bio-rmu"] = str(results)
     cfg["evaluate"]["test"] = "two_proportion"
     cfg = validate_config(cfg, REPO / "config" / "schema.yaml", REPO)
-    inputs = benchmark.kind_inputs(cfg["benchmark"], "smollm2", "results/models/smollm2", lambda p: p)
+    inputs = benchmark_options.kind_inputs(cfg["benchmark"], "smollm2", "results/models/smollm2", lambda p: p)
     assert inputs == {"results": str(results), "mmlu_categories": "config/categories/mmlu.yaml"}  # no model
-    assert "files" not in benchmark.kind_options(cfg["benchmark"])["lm_eval"]
+    assert "files" not in benchmark_options.kind_options(cfg["benchmark"])["lm_eval"]

@@ -107,6 +107,12 @@ def test_reads_leaf_tasks_without_double_counting_groups(tmp_path, subject_map) 
     # a directory (--output_path) works too: the newest results file is read
     write(tmp_path / "results_2023-01-01T00-00-00.json", {"results": {}})
     assert le.read_task_results(tmp_path, {"arc_easy": "science"}, subject_map).equals(df)
+    # ... but not an --output_path holding several models' folders: that would read another
+    # model's results without a word
+    (tmp_path / "other-model").mkdir()
+    write(tmp_path / "other-model" / "results_2025-01-01T00-00-00.json", RESULTS)
+    with pytest.raises(ValueError, match="several models"):
+        le.read_task_results(tmp_path, {"arc_easy": "science"}, subject_map)
     summary = le.summarise(df).set_index("category")
     assert summary.loc["biology", "n"] == 144 + 166
     assert summary.loc["biology", "mean"] == pytest.approx((0.5 * 144 + 0.25 * 166) / 310)

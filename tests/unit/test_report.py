@@ -324,15 +324,31 @@ def test_unreadable_file_is_reported_not_fatal(tmp_path):
     assert "not available" in _section(html, "p-delta")
 
 
-def test_thresholds_prefer_config_then_summary_then_defaults():
-    assert report._thresholds(None, None)["tau_eps"] == report.attribution_defaults()["tau_eps"]
-    assert report._thresholds({"tau_r": 0.3}, None) | {"source": ""} == {
+def test_thresholds_come_from_the_attribution_summary():
+    from mneme.attribution import attribution_summary
+
+    assert report._thresholds(None) == {
         **report.attribution_defaults(),
-        "tau_r": 0.3,
-        "source": "",
+        "source": report._thresholds(None)["source"],
     }
-    t = report._thresholds({"tau_r": 0.3}, {"tau_r": 0.4, "mode": "simple"})
-    assert (t["tau_r"], t["mode"], t["source"]) == (0.4, "simple", "config")
+    table = pd.DataFrame(
+        {
+            "direction": ["amplified"],
+            "delta_bin": ["shared"],
+            "strength": [1.0],
+            "mode": ["simple"],
+            "reason": [""],
+        }
+    )
+    summary = attribution_summary(table, {"mode": "simple", "tau_r": 0.4, "tau_eps": 0.1, "kappa": 3.0})
+    t = report._thresholds(json.loads(json.dumps(summary)))
+    assert (t["mode"], t["tau_r"], t["tau_eps"], t["kappa"], t["source"]) == (
+        "simple",
+        0.4,
+        0.1,
+        3.0,
+        "attribution_summary.json",
+    )
 
 
 def test_tokenizer_decodes_contexts(tmp_path, tiny_model):
@@ -355,13 +371,14 @@ def test_rule_script(tmp_path):
     out = tmp_path / "out"
     smk = SimpleNamespace(
         params=SimpleNamespace(
-            files={"p": make_pair(tmp_path, complete=False)}, pairs=["p"], attribution={"tau_r": 0.25}
+            files={"p": make_pair(tmp_path, complete=False)},
+            meta={"p": {"base": "b0", "finetuned": "f0", "corpus": "c0", "layer": 3}},
         ),
         output=SimpleNamespace(html=str(out / "report.html"), summary=str(out / "summary.tsv")),
         log=[str(tmp_path / "report.log")],
     )
     rule.main(smk)
-    assert 'tau_r</th><td class="num">0.25' in (out / "report.html").read_text()
+    assert "<th>base</th><td>b0</td>" in (out / "report.html").read_text()
     assert list(pd.read_csv(out / "summary.tsv", sep="\t")["pair"]) == ["p"]
 
 

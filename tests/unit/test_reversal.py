@@ -12,7 +12,7 @@ import torch
 import zarr
 
 from mneme import reversal as rv
-from mneme.models import load_tokenizer
+from mneme.models import load_causal_lm, load_tokenizer
 from mneme.organism import lm_loss
 
 # --------------------------------------------------------------------------- a constructed pair
@@ -252,7 +252,7 @@ def _eval_loss(model, rows: np.ndarray) -> float:
     ids=["full", "lora"],
 )
 def test_retrain(tiny_model, opts):
-    base, tok = rv.load_model(tiny_model)
+    base, tok = load_causal_lm(tiny_model)
     rows = _rows(tok)
     model, summary = rv.retrain(tiny_model, rows, opts)
     assert not model.training
@@ -277,7 +277,7 @@ def test_retrain(tiny_model, opts):
 
 
 def test_retrain_epochs_default_steps(tiny_model):
-    _, tok = rv.load_model(tiny_model)
+    _, tok = load_causal_lm(tiny_model)
     _, summary = rv.retrain(
         tiny_model, _rows(tok, n=6), {"method": "full", "epochs": 2, "batch_size": 4, "lr": 1e-4}
     )
@@ -327,7 +327,7 @@ def test_run_reversal_end_to_end(tiny_model, tmp_path):
         ],
         columns=["latent", "kind", "rank", "context", "position", "activation"],
     )
-    model, tok = rv.load_model(tiny_model)
+    model, tok = load_causal_lm(tiny_model)
     ft = _score_fn(model, tok)
     base = {k: v + 1.0 for k, v in ft.items()}
     opts = {

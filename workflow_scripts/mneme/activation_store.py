@@ -232,9 +232,10 @@ class ActivationStore:
             lo, hi = max(start, sh.row_start), min(stop, sh.row_start + sh.n_rows)
             if lo < hi:
                 parts.append(sh.array[lo - sh.row_start : hi - sh.row_start])
-        raw = np.concatenate(parts) if len(parts) != 1 else parts[0]
         if not parts:
             raw = np.empty((0, self.d_model), dtype=np.uint16)
+        else:
+            raw = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return decode_16bit(raw, self.logical_dtype)
 
     def blocks(self) -> list[tuple[int, int]]:
@@ -290,3 +291,17 @@ def row_to_token(rows: np.ndarray, first_position: int, context_len: int) -> tup
     n_pos = context_len - first_position
     rows = np.asarray(rows)
     return rows // n_pos, first_position + rows % n_pos
+
+
+def iter_row_batches(
+    stores: PairedStores, start: int, stop: int, batch_rows: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(row_start, xb, xf)`` normalised float32 batches of at most ``batch_rows`` rows over
+    ``[start, stop)``, read chunk by chunk (each storage chunk is read once)."""
+    for lo, hi in stores.blocks():
+        lo, hi = max(lo, start), min(hi, stop)
+        if lo >= hi:
+            continue
+        xb, xf = stores.read(lo, hi)
+        for a in range(0, hi - lo, batch_rows):
+            yield lo + a, xb[a : a + batch_rows], xf[a : a + batch_rows]

@@ -43,7 +43,8 @@ MODES = ("ratio", "simple")
 RATIO_FLOOR = 1e-6
 
 
-def _col(target: str, model: str, probe: str) -> str:
+def beta_column(target: str, model: str, probe: str) -> str:
+    """Name of a beta column in ``betas.parquet`` (written by :mod:`mneme.latent_scaling`)."""
     return f"beta_{target}_{model}_{probe}"
 
 
@@ -87,8 +88,8 @@ def attribute(
     use_ft = delta >= 0.5
 
     def pick(target: str, model: str) -> np.ndarray:
-        ft_val = df[_col(target, model, "ftdec")].to_numpy(float)
-        base_val = df[_col(target, model, "basedec")].to_numpy(float)
+        ft_val = df[beta_column(target, model, "ftdec")].to_numpy(float)
+        base_val = df[beta_column(target, model, "basedec")].to_numpy(float)
         return np.where(use_ft, ft_val, base_val)
 
     ratios = {}
@@ -160,9 +161,9 @@ def delta_bin(delta: np.ndarray) -> np.ndarray:
     return out.astype(str)
 
 
-def attribution_summary(df: pd.DataFrame) -> dict:
-    """Counts per direction and per Delta bin, their crosstab, and strength quantiles per direction
-    (JSON-serialisable)."""
+def attribution_summary(df: pd.DataFrame, thresholds: dict | None = None) -> dict:
+    """Counts per direction and per Delta bin, their crosstab, strength quantiles per direction and
+    the ``thresholds`` that produced them (so plots of the result can draw them); JSON-serialisable."""
     counts = {d: int((df["direction"] == d).sum()) for d in DIRECTIONS}
     bins = {b: int((df["delta_bin"] == b).sum()) for b in DELTA_BINS}
     cross = pd.crosstab(df["direction"], df["delta_bin"])
@@ -184,6 +185,7 @@ def attribution_summary(df: pd.DataFrame) -> dict:
         "crosstab": crosstab,
         "strength": strength,
         "reasons": {str(k): int(v) for k, v in df["reason"].value_counts().items() if k},
+        "thresholds": dict(thresholds or {}),
     }
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from mneme import gcide
+from mneme.models import load_causal_lm
 
 log = logging.getLogger("mneme.benchmark")
 
@@ -164,29 +165,6 @@ def _choices(item: dict, headwords: list[str], n_choices: int, seed: int) -> tup
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model(model_dir: str | os.PathLike, device: str = "auto"):
-    """``(model, tokenizer)`` of a prepared model directory, float32, eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from mneme.models import load_tokenizer, read_card, weights_path
-
-    trust = read_card(model_dir)["spec"].get("trust_remote_code", False)
-    model = AutoModelForCausalLM.from_pretrained(
-        weights_path(model_dir), torch_dtype=torch.float32, trust_remote_code=trust
-    )
-    model.to(_device(device)).eval()
-    return model, load_tokenizer(model_dir)
 
 
 def _split_space(context: str, continuation: str) -> tuple[str, str]:
@@ -338,7 +316,7 @@ def score_model(
     the raw values (``loglik``, ``n_tokens``; ``answer``, ``predicted``, ``predicted_norm``,
     ``correct_norm``, ``choice_loglik``, ``choice_loglik_norm``).
     """
-    model, tokenizer = load_model(model_dir, device)
+    model, tokenizer = load_causal_lm(model_dir, device)
     return score_loaded(model, tokenizer, items, batch_size=batch_size, max_len=max_len, tasks=tasks)
 
 
@@ -346,57 +324,3 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """Per category and task: ``n``, ``mean`` and ``std`` (sample, NaN for one item) of ``score``."""
     grouped = results.groupby(["category", "task"], sort=True)["score"]
     return grouped.agg(n="count", mean="mean", std="std").reset_index()
-
-
-# --------------------------------------------------------------------------- the stage
-
-KINDS = ("gcide", "mmlu", "lm_eval")
-# library modules each kind's job imports (rule inputs, so that editing one re-runs it)
-KIND_MODULES = {
-    "gcide": ("benchmark", "gcide", "models"),
-    "mmlu": ("benchmark", "mmlu", "models"),
-    "lm_eval": ("lm_eval_results", "mmlu"),
-}
-_GCIDE_KEYS = ("categories", "n_per_category", "n_choices", "seed", "batch_size", "max_len", "tasks")
-
-
-def kind_options(bench: dict) -> dict:
-    """The part of the config's ``benchmark`` section the configured kind uses (the rule's params),
-    so that editing another kind's settings does not re-run the benchmark.
-
-    ``lm_eval.files`` is left out: each model's file is an input of its own job.
-    """
-    kind = bench["kind"]
-    if kind == "gcide":
-        return {"kind": kind, **{k: bench[k] for k in _GCIDE_KEYS}}
-    if kind == "mmlu":
-        return {"kind": kind, "seed": bench["seed"], "batch_size": bench["batch_size"], "mmlu": bench["mmlu"]}
-    if kind == "lm_eval":
-        lm = {k: v for k, v in bench["lm_eval"].items() if k != "files"}
-        return {"kind": kind, "lm_eval": lm, "mmlu": {"categories": bench["mmlu"]["categories"]}}
-    raise ValueError(f"benchmark.kind: unknown kind {kind!r}; known: {list(KINDS)}")
-
-
-def kind_inputs(bench: dict, model: str, model_dir: str, resolve) -> dict:
-    """Named inputs of one model's benchmark job besides the code (the GCIDE category file is
-    the rule's own): the prepared model (gcide, mmlu), the MMLU category file (mmlu, lm_eval),
-    the local MMLU data when given (mmlu) and the model's results file (lm_eval, no model).
-
-    ``resolve`` turns a config path into one that exists (:func:`mneme.config.resolve_path`
-    bound to the workflow directory).
-    """
-    kind = bench["kind"]
-    if kind == "gcide":
-        return {"model": model_dir}
-    categories = resolve(bench["mmlu"]["categories"])
-    if kind == "mmlu":
-        out = {"model": model_dir, "mmlu_categories": categories}
-        if bench["mmlu"]["path"]:
-            out["mmlu_data"] = resolve(bench["mmlu"]["path"])
-        return out
-    if kind == "lm_eval":
-        files = bench["lm_eval"]["files"]
-        if model not in files:
-            raise ValueError(f"benchmark.lm_eval.files: no results file for model {model!r}")
-        return {"results": resolve(files[model]), "mmlu_categories": categories}
-    raise ValueError(f"benchmark.kind: unknown kind {kind!r}; known: {list(KINDS)}")

@@ -280,7 +280,8 @@ def _reverse_problems(cfg: dict, mapped: set[str] | None) -> list[str]:
 
 def uses_gcide(cfg: dict) -> bool:
     corpora = any(s["kind"] == "gcide" for c in cfg["corpora"].values() for s in c["sources"])
-    return corpora or any(m["source"] == "organism" for m in cfg["models"].values())
+    organisms = any(m["source"] == "organism" for m in cfg["models"].values())
+    return corpora or organisms or cfg["benchmark"]["kind"] == "gcide"
 
 
 def semantic_problems(

@@ -558,13 +558,6 @@ def load_crosscoder(directory: str | os.PathLike, device: str | torch.device = "
     return CrossCoder.load(directory, device=device)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _json_default(obj):
     if isinstance(obj, (np.integer,)):
         return int(obj)

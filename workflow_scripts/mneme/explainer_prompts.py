@@ -85,7 +85,6 @@ class PromptConfig:
     system_prompt: str | None = None  # None: DEFAULT_SYSTEM_PROMPT
     max_tokens: int = 256  # answer length of the explainer
     temperature: float = 0.0
-    classify_max_tokens: int = 16  # answer length of the category classifier
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     @classmethod

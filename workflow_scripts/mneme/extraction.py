@@ -19,20 +19,13 @@ import torch
 import zarr
 
 from mneme.activation_store import ShardWriter
-from mneme.models import read_card, weights_path
+from mneme.models import pick_device, read_card, weights_path
 
 log = logging.getLogger("mneme.extraction")
 
 
 class StopForward(Exception):
     """Raised by the hook once the wanted block has run, to skip everything after it."""
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """`auto` = CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:

@@ -46,7 +46,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +53,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mneme.activation_store import PairedStores
+from mneme.activation_store import PairedStores, iter_row_batches
+from mneme.attribution import beta_column
 from mneme.crosscoder import CrossCoder, load_crosscoder, row_offsets
 from mneme.paired_loader import split_train_val
 
@@ -79,11 +79,6 @@ def closed_form_beta(f: np.ndarray, v: np.ndarray, y: np.ndarray) -> float:
     return float(f @ (y @ v)) / den
 
 
-def beta_column(target: str, model: str, probe: str) -> str:
-    """Name of a beta column in ``betas.parquet``."""
-    return f"beta_{target}_{model}_{probe}"
-
-
 def crosscoder_train_stop(cc_dir: str | os.PathLike, stores: PairedStores) -> int:
     """First validation row of the crosscoder's training split (the trainer's tail split)."""
     cfg = json.loads((Path(cc_dir) / "config.json").read_text())
@@ -100,20 +95,6 @@ def crosscoder_train_stop(cc_dir: str | os.PathLike, stores: PairedStores) -> in
     if recorded is not None and (cfg.get("stores") or {}).get("n_rows") == stores.n_rows and recorded != stop:
         raise ValueError(f"training split mismatch: config says {recorded} training rows, recomputed {stop}")
     return stop
-
-
-def iter_row_batches(
-    stores: PairedStores, start: int, stop: int, batch_rows: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """``(row_start, xb, xf)`` normalised float32 batches of at most ``batch_rows`` rows over
-    ``[start, stop)``, read chunk by chunk (each storage chunk is read once)."""
-    for lo, hi in stores.blocks():
-        lo, hi = max(lo, start), min(hi, stop)
-        if lo >= hi:
-            continue
-        xb, xf = stores.read(lo, hi)
-        for a in range(0, hi - lo, batch_rows):
-            yield lo + a, xb[a : a + batch_rows], xf[a : a + batch_rows]
 
 
 def resolve_rows(

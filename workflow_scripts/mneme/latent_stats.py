@@ -38,7 +38,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -428,13 +428,29 @@ def compute_latent_stats(
 # ----------------------------------------------------------------------------------------------
 
 
-def encode_latents(cc: CrossCoder, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-    """Threshold-encoded activations of the given latents only: equals ``cc.encode(x)[:, latents]``
-    at a cost of ``O(B * 2d * len(latents))``. ``x`` is ``[B, 2, d]`` normalised."""
+def latent_encoder(
+    cc: CrossCoder, latents: torch.Tensor
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``encode(x, cols)``: threshold-encoded activations of ``latents[cols]`` only.
+
+    The encoder rows, biases and selection weights of ``latents`` are sliced once (the weights
+    need every decoder norm), so that encoding context after context costs only
+    ``O(B * 2d * len(cols))``. ``x`` is ``[B, 2, d]`` normalised.
+    """
     theta = cc._check_threshold()
-    z = torch.relu(torch.addmm(cc.b_enc[latents], cc._flat(x), cc.enc_weight[latents].t()))
-    w = cc.selection_weights()[latents]
-    return z * (z * w > theta)
+    weight, bias = cc.enc_weight[latents].t(), cc.b_enc[latents]
+    select = cc.selection_weights()[latents]
+
+    def encode(x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        z = torch.relu(torch.addmm(bias[cols], cc._flat(x), weight[:, cols]))
+        return z * (z * select[cols] > theta)
+
+    return encode
+
+
+def encode_latents(cc: CrossCoder, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """Threshold-encoded activations of the given latents only: equals ``cc.encode(x)[:, latents]``."""
+    return latent_encoder(cc, latents)(x, torch.arange(len(latents)))
 
 
 def _context_runs(contexts: np.ndarray, n_pos: int, max_gap_rows: int, max_rows: int) -> list[np.ndarray]:
@@ -544,7 +560,7 @@ def collect_contexts(
     acts: dict[tuple[int, int], np.ndarray] = {}  # (context, latent column) -> activations
     neg_start = {}  # pool context -> [n_latents] start of a random all-zero window, or -1
     gen = torch.Generator().manual_seed(int(seed))
-    lat_t = torch.tensor(lat_list, dtype=torch.long)
+    encode = latent_encoder(cc, torch.tensor(lat_list, dtype=torch.long))
     contexts = np.array(sorted(need), dtype=np.int64)
     chunk = stores.base.chunk_rows
     for run in _context_runs(contexts, n_pos, chunk, max(batch_rows, chunk)):
@@ -555,7 +571,7 @@ def collect_contexts(
             a, b = c * n_pos - lo, min((c + 1) * n_pos, stores.n_rows) - lo
             cols = np.array(sorted(need[c]), dtype=np.int64)
             x = torch.from_numpy(np.stack([xb[a:b], xf[a:b]], axis=1))
-            f = encode_latents(cc, x, lat_t[cols]).numpy()  # [L_c, len(cols)]
+            f = encode(x, torch.from_numpy(cols)).numpy()  # [L_c, len(cols)]
             if c in pool_set:  # all latents: pick a random window without activity per latent
                 w = min(window, b - a)
                 fired = np.concatenate([np.zeros((1, f.shape[1])), np.cumsum(f > 0, axis=0)])

@@ -42,7 +42,12 @@ RESULT_COLUMNS = ["item_id", "category", "task", "score", "n", "metric", "stderr
 
 
 def find_results_file(path: str | os.PathLike) -> Path:
-    """``path`` itself, or the newest ``results*.json`` under a directory (``--output_path``)."""
+    """``path`` itself, or the newest ``results*.json`` under one model's directory.
+
+    ``lm_eval --output_path DIR`` puts each model's files in ``DIR/<model>/``; given ``DIR`` with
+    several models, picking the newest file would silently read another model's results (and
+    measure a change of 0), so results in more than one folder are an error.
+    """
     p = Path(path)
     if p.is_file():
         return p
@@ -50,6 +55,12 @@ def find_results_file(path: str | os.PathLike) -> Path:
         found = sorted(p.rglob("results*.json"), key=lambda f: (f.name, str(f)))
         if not found:
             raise FileNotFoundError(f"{p}: no results*.json (lm_eval --output_path) under it")
+        folders = sorted({str(f.parent) for f in found})
+        if len(folders) > 1:
+            raise ValueError(
+                f"{p}: results files of several models ({', '.join(folders)}); "
+                "give each model its own folder or file in benchmark.lm_eval.files"
+            )
         if len(found) > 1:
             log.info("%s: %d results files, using the newest %s", p, len(found), found[-1])
         return found[-1]

@@ -451,10 +451,10 @@ def load_items(options: Mapping) -> tuple[pd.DataFrame, dict[str, list[dict]]]:
 
 def run(model_dir: str | os.PathLike, options: Mapping, device: str = "auto") -> pd.DataFrame:
     """Items from ``options`` (the config's ``benchmark`` section) and a prepared model's results."""
-    from mneme.benchmark import load_model
+    from mneme.models import load_causal_lm
 
     items, shots = load_items(options)
-    model, tokenizer = load_model(model_dir, device)
+    model, tokenizer = load_causal_lm(model_dir, device)
     return score_loaded(
         model, tokenizer, items, shots, batch_size=options["batch_size"], max_len=options["mmlu"]["max_len"]
     )

@@ -113,6 +113,28 @@ def weights_path(model_dir: str | os.PathLike) -> str:
     return w if os.path.isabs(w) else str(Path(model_dir, w).resolve())
 
 
+def pick_device(device: str = "auto"):
+    """``auto`` = CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_causal_lm(model_dir: str | os.PathLike, device: str = "auto"):
+    """``(model, tokenizer)`` of a prepared model: float32 (our CPUs are slow at 16-bit
+    arithmetic), on ``device``, in eval mode (trainers switch to train mode themselves)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    trust = read_card(model_dir)["spec"].get("trust_remote_code", False)
+    model = AutoModelForCausalLM.from_pretrained(
+        weights_path(model_dir), dtype=torch.float32, trust_remote_code=trust
+    )
+    return model.to(pick_device(str(device))).eval(), load_tokenizer(model_dir)
+
+
 def tokenizer_fingerprint(tok) -> str:
     """Hash of the vocabulary and special tokens: equal fingerprints mean identical token ids."""
     h = hashlib.sha256()

@@ -53,8 +53,8 @@ from typing import Any
 
 import torch
 
-from mneme.extraction import StopForward, find_blocks, pick_device
-from mneme.models import config_num_layers, load_tokenizer, read_card, weights_path, write_card
+from mneme.extraction import StopForward, find_blocks
+from mneme.models import config_num_layers, load_causal_lm, read_card, write_card
 from mneme.organism_options import METHODS, ORGANISM_DEFAULTS, resolve_options  # noqa: F401
 
 log = logging.getLogger("mneme.organism")
@@ -401,8 +401,6 @@ def make_organism(
     holds the float32 model, its tokenizer, the model card and ``organism.json``, the summary
     that is also returned.
     """
-    from transformers import AutoModelForCausalLM
-
     t0 = time.time()
     method = spec.get("method")
     try:
@@ -431,14 +429,10 @@ def make_organism(
         raise ValueError(f"models.{name}: the forget/train set is empty")
     log.info("%s: %s on %d forget/train and %d retain documents", name, method, len(forget), len(retain))
 
-    dev = pick_device(device)
     card = read_card(base_dir)
-    trust = card["spec"].get("trust_remote_code", False)
     torch.manual_seed(opts["seed"])
-    tokenizer = load_tokenizer(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        weights_path(base_dir), dtype=torch.float32, trust_remote_code=trust
-    ).to(dev)
+    model, tokenizer = load_causal_lm(base_dir, device)
+    dev = next(model.parameters()).device
     stats = TRAINERS[method](model, tokenizer, forget, retain, opts, dev)
 
     out = Path(out_dir)

@@ -78,11 +78,6 @@ class PlantedFeatures:
             [self.base_dir * self.base_scale[:, None], self.ft_dir * self.ft_scale[:, None]], axis=1
         )
 
-    def expected_delta(self) -> np.ndarray:
-        """Relative decoder norm (method F10) a perfect crosscoder would give each feature."""
-        nb, nf = self.base_scale, self.ft_scale
-        return 0.5 * ((nf - nb) / np.maximum(np.maximum(nf, nb), 1e-30) + 1.0)
-
     def to_records(self) -> list[dict]:
         """JSON-friendly rows (without the direction vectors)."""
         return [

@@ -197,28 +197,19 @@ def attribution_defaults() -> dict[str, Any]:
     return {k: params[k].default for k in ("mode", "tau_r", "tau_eps", "kappa")}
 
 
-def _thresholds(summary: dict | None, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Attribution thresholds: explicit options, else those recorded in attribution_summary.json,
-    else the library defaults; ``source`` says which, since the plot depends on it."""
-    found = dict(attribution_defaults(), source="defaults of mneme.attribution.attribute")
-    summary = summary or {}
-    recorded = {**summary.get("options", {}), **summary.get("thresholds", {})}
-    recorded.update({k: summary[k] for k in ("tau_r", "tau_eps", "kappa") if k in summary})
+def _thresholds(summary: dict | None) -> dict[str, Any]:
+    """The attribution thresholds recorded in attribution_summary.json, else the library
+    defaults; ``source`` says which, since the scatter plot draws them."""
+    recorded = (summary or {}).get("thresholds") or {}
     if recorded:
-        found.update(recorded, source="attribution_summary.json")
-    if summary.get("mode"):
-        found["mode"] = summary["mode"]
-    if options:
-        found.update({k: options[k] for k in ("mode", "tau_r", "tau_eps", "kappa") if k in options})
-        found["source"] = "config"
-    return found
+        return {**attribution_defaults(), **recorded, "source": "attribution_summary.json"}
+    return dict(attribution_defaults(), source="defaults of mneme.attribution.attribute")
 
 
 def load_pair(
     name: str,
     files: Mapping[str, str | None],
     meta: Mapping[str, Any] | None = None,
-    attribution_options: Mapping[str, Any] | None = None,
 ) -> PairData:
     """Read every available input of one pair."""
     pair = PairData(name=name, files={k: (str(v) if v else None) for k, v in files.items()})
@@ -230,7 +221,7 @@ def load_pair(
     pair.tokenizer = _load_tokenizer(str(tok)) if tok else None
     pair.meta = {**_meta_from_stores(pair.cc_config), **(pair.evaluation or {}).get("meta", {})}
     pair.meta.update({k: v for k, v in (meta or {}).items() if v is not None})
-    pair.thresholds = _thresholds(pair.summary, attribution_options)
+    pair.thresholds = _thresholds(pair.summary)
     return pair
 
 
@@ -1090,20 +1081,16 @@ def build_report(
     title: str = "mneme report",
     *,
     meta: Mapping[str, Mapping[str, Any]] | None = None,
-    attribution_options: Mapping[str, Any] | None = None,
     n_top: int = 10,
     n_examples: int = 3,
 ) -> pd.DataFrame:
     """Write the HTML report and summary.tsv for ``pairs`` ({pair: {input key: path}}).
 
     ``meta`` ({pair: {base, finetuned, corpus, layer}}, e.g. the config's ``pairs``) overrides what
-    is inferred from the crosscoder config; ``attribution_options`` (the config's ``attribution``)
-    gives the thresholds drawn in the ratio plot. Returns the summary table.
+    is inferred from the crosscoder config. Returns the summary table.
     """
     start = time.perf_counter()
-    loaded = [
-        load_pair(name, files, (meta or {}).get(name), attribution_options) for name, files in pairs.items()
-    ]
+    loaded = [load_pair(name, files, (meta or {}).get(name)) for name, files in pairs.items()]
     rows = [summary_row(p) for p in loaded]
     _write_atomic(html_path, render_html(loaded, rows, title, n_top, n_examples))
     summary = pd.DataFrame(rows, columns=_union_keys(rows) or ["pair"])

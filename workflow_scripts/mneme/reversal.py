@@ -46,6 +46,7 @@ import zarr
 from mneme.attribution import RATIO_FLOOR
 from mneme.evaluation import NONE_LABEL, provenance_argmax
 from mneme.latent_stats import NO_CATEGORY
+from mneme.models import load_causal_lm, pick_device
 from mneme.organism import _Batches, lm_loss
 
 log = logging.getLogger("mneme.reversal")
@@ -425,22 +426,6 @@ def category_seed(seed: int, category: str) -> int:
 # --------------------------------------------------------------------------- retraining
 
 
-def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """The prepared model in ``model_dir`` in float32 and its tokenizer (as organism.make_organism)."""
-    from transformers import AutoModelForCausalLM
-
-    from mneme.extraction import pick_device
-    from mneme.models import load_tokenizer, read_card, weights_path
-
-    card = read_card(model_dir)
-    trust = card["spec"].get("trust_remote_code", False)
-    model = AutoModelForCausalLM.from_pretrained(
-        weights_path(model_dir), dtype=torch.float32, trust_remote_code=trust
-    )
-    dev = pick_device(device) if isinstance(device, str) else device
-    return model.to(dev), load_tokenizer(model_dir)
-
-
 def retrain(
     model_dir: str | os.PathLike,
     token_rows: np.ndarray | torch.Tensor,
@@ -467,7 +452,7 @@ def retrain(
         raise ValueError(
             f"token_rows must be a non-empty [n_contexts, context_len >= 2] array, got {tuple(rows.shape)}"
         )
-    model, _ = load_model(model_dir, device)
+    model, _ = load_causal_lm(model_dir, str(device))
     dev = next(model.parameters()).device
     torch.manual_seed(opts["seed"])
     if opts["method"] == "lora":
@@ -720,7 +705,7 @@ def run_reversal(
             "target_categories": target_categories,
             "n_contexts_total": n_total,
             "context_len": ctx_len,
-            "device": str(device),
+            "device": str(pick_device(str(device))),
         },
         "scores_base": {k: float(v) for k, v in scores_base.items()},
         "scores_ft": {k: float(v) for k, v in scores_ft.items()},

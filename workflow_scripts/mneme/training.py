@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mneme.activation_store import PairedStores
+from mneme.activation_store import PairedStores, iter_row_batches
 from mneme.crosscoder import (
     CrossCoder,
     load_crosscoder,
     replace_dir,
-    resolve_device,
 )
+from mneme.models import pick_device
 from mneme.paired_loader import LoaderPosition, PairedBatchLoader
 
 LOG = logging.getLogger("mneme.crosscoder")
@@ -345,7 +345,7 @@ def train_crosscoder(
     work = out_dir.with_name(out_dir.name + ".tmp")
     ckpt_path = work / CHECKPOINT_DIR / CHECKPOINT_FILE
     metrics_path = work / METRICS_FILE
-    device = resolve_device(cfg.device)
+    device = pick_device(cfg.device)
     autocast = bool(cfg.autocast_bf16 and device.type == "cuda")
 
     loader = PairedBatchLoader(
@@ -594,6 +594,5 @@ class _FVUWindow:
 
 
 def _train_tail(stores: PairedStores, lo: int, batch_size: int):
-    for a in range(lo, stores.n_rows, batch_size):
-        xb, xf = stores.read(a, min(a + batch_size, stores.n_rows))
+    for _, xb, xf in iter_row_batches(stores, lo, stores.n_rows, batch_size):
         yield np.stack([xb, xf], axis=1)
