@@ -6,7 +6,7 @@ rule extract_activations:
     input:
         model=lambda wc: model_dir(wc.model),
         tokens=f"{RESULTS}/corpus/{{corpus}}/tokens.zarr",
-        checks=lambda wc: gate(pair_checks(pairs_using_store(wc.model, wc.corpus, wc.layer))),
+        checks=lambda wc: gate(pair_checks(pairs_finetuning_into(wc.model, wc.corpus, wc.layer))),
         code=script_code("extract_activations"),
     output:
         directory(f"{RESULTS}/activations/{{model}}/{{corpus}}/L{{layer}}/shard_{{shard}}.zarr"),

@@ -9,6 +9,7 @@ import yaml
 from mneme.benchmark_options import kind_inputs, kind_options, mmlu_inputs
 from mneme.code_deps import library_modules
 from mneme.config import corpus_tokenizer, pair_target, resolve_path
+from mneme.contracts import NON_TRAJECTORY_KEYS
 
 RESULTS = "results"
 ORGANISM_MODELS = [m for m, s in config["models"].items() if s["source"] == "organism"]
@@ -24,6 +25,13 @@ def script_code(script):
     """
     scripts = os.path.join(workflow.basedir, "workflow_scripts")
     return list(library_modules(os.path.join(scripts, f"{script}.py"), os.path.join(scripts, "mneme")))
+
+
+def section(name, keys=None, exclude=()):
+    """The config section ``name``, only ``keys`` (all by default) and without ``exclude``, as a
+    param: a rule's params carry exactly the keys that can change its output."""
+    sec = config[name]
+    return {k: v for k, v in sec.items() if (keys is None or k in keys) and k not in exclude}
 
 
 def one_of(names):
@@ -52,15 +60,13 @@ def pair_checks(pairs):
     return [f"{RESULTS}/pairs/{p}/check.json" for p in pairs]
 
 
-def pairs_using_corpus(corpus):
-    return [p for p, s in config["pairs"].items() if s["corpus"] == corpus]
-
-
-def pairs_using_store(model, corpus, layer):
+def pairs_finetuning_into(model, corpus, layer):
+    """The pairs whose fine-tuned store this is. Only they gate its extraction: a base model's
+    store and a corpus depend on what they read, so adding a pair re-runs neither."""
     return [
         p
         for p, s in config["pairs"].items()
-        if model in (s["base"], s["finetuned"]) and s["corpus"] == corpus and int(layer) == s["layer"]
+        if model == s["finetuned"] and s["corpus"] == corpus and int(layer) == s["layer"]
     ]
 
 
@@ -194,7 +200,7 @@ def report_inputs(wildcards):
 def all_targets():
     targets = [f"{RESULTS}/{pair}/evaluation.json" for pair in config["pairs"]]
     targets += [f"{RESULTS}/{pair}/reversal.json" for pair in reversal_pairs()]
-    return targets + [f"{RESULTS}/report.html", f"{RESULTS}/summary.tsv"]
+    return targets + [f"{RESULTS}/report.html", f"{RESULTS}/summary.tsv", f"{RESULTS}/suite.tsv"]
 
 
 def gate(paths):
@@ -226,6 +232,32 @@ def interpret_inputs(wildcards):
 def map_categories_inputs(wildcards):
     uses_llm = "llm" in config["categories"]["methods"] and config["interpret"]["backend"] == "vllm"
     return {"explainer": explainer_dir()} if uses_llm else {}
+
+
+def context_mapping_enabled():
+    return config["categories"]["contexts"]["enabled"]
+
+
+def evaluate_inputs(wildcards):
+    """The optional inputs of evaluate: the context mapping, when it is enabled."""
+    if not context_mapping_enabled():
+        return {}
+    return {"context_categories": f"{RESULTS}/{wildcards.pair}/context_categories.parquet"}
+
+
+def suite_inputs(wildcards):
+    """Per pair, the files the suite's sensitivity grid re-decides from, as ``<pair>.<name>``."""
+    names = ["evaluation.json", "attribution.parquet", "category_mass.parquet"]
+    names += ["activation_diff.parquet", "categories.parquet"]
+    names += ["context_categories.parquet"] if context_mapping_enabled() else []
+    return {f"{p}.{n.split('.')[0]}": f"{RESULTS}/{p}/{n}" for p in config["pairs"] for n in names}
+
+
+@functools.cache
+def general_category():
+    """The general (untagged) category of the category file: the evaluation's reference."""
+    with open(category_file()) as fh:
+        return (yaml.safe_load(fh) or {}).get("general_category", "general")
 
 
 def category_file():

@@ -5,7 +5,6 @@
 rule sample_corpus:
     input:
         tokenizer=corpus_tokenizer_dir,
-        checks=lambda wc: gate(pair_checks(pairs_using_corpus(wc.corpus))),
         categories=gcide_category_file,
         code=script_code("sample_corpus"),
     output:

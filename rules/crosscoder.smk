@@ -18,6 +18,8 @@ rule train_crosscoder:
     resources:
         gpu=1,
     params:
-        options=config["crosscoder"],
+        # keys that do not change the weights (log_every, checkpoint_every, ...) are read by the
+        # script from the config, so editing them re-runs nothing
+        options=section("crosscoder", exclude=NON_TRAJECTORY_KEYS),
     script:
         "../workflow_scripts/train_crosscoder.py"

@@ -1,16 +1,37 @@
-# evaluate: ground truth per category from the two models' benchmark results (change and its
-# significance), mneme's prediction from the mapped, attributed latents (never the benchmark),
-# accuracy / precision / recall / F1 with baselines (all-positive, random, decoder-norm only,
-# provenance only, oracle).
+# activation_diff: the no-crosscoder baseline (per-category relative change of the activations).
+# evaluate: ground truth per category from the two models' benchmark results (its change beyond
+# the general items' change, and its significance); every predictor from the pair's own files
+# (never the benchmark): mneme's routes and the baselines, each scored on all categories and on
+# the side effects.
+
+
+rule activation_diff:
+    input:
+        unpack(lambda wc: pair_manifests(wc.pair)),
+        tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
+        docs=lambda wc: pair_corpus(wc.pair, "docs.parquet"),
+        code=script_code("activation_diff"),
+    output:
+        f"{RESULTS}/{{pair}}/activation_diff.parquet",
+    log:
+        logs("activation_diff/{pair}.log"),
+    benchmark:
+        benchmarks("activation_diff/{pair}.tsv")
+    conda:
+        "../envs/mneme.yaml"
+    script:
+        "../workflow_scripts/activation_diff.py"
 
 
 rule evaluate:
     input:
+        unpack(evaluate_inputs),
         base=lambda wc: benchmark_results(wc.pair)[0],
         finetuned=lambda wc: benchmark_results(wc.pair)[1],
         categories=f"{RESULTS}/{{pair}}/categories.parquet",
         attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
         category_mass=f"{RESULTS}/{{pair}}/category_mass.parquet",
+        activation_diff=f"{RESULTS}/{{pair}}/activation_diff.parquet",
         code=script_code("evaluate"),
     output:
         f"{RESULTS}/{{pair}}/evaluation.json",
@@ -21,5 +42,26 @@ rule evaluate:
         "../envs/mneme.yaml"
     params:
         options=config["evaluate"],
+        target=lambda wc: pair_target(config, wc.pair),
     script:
         "../workflow_scripts/evaluate.py"
+
+
+rule suite:
+    input:
+        unpack(suite_inputs),
+        code=script_code("suite"),
+    output:
+        table=report(f"{RESULTS}/suite.tsv", caption="../report/suite.rst", category="Suite"),
+        sensitivity=f"{RESULTS}/suite_sensitivity.tsv",
+    log:
+        logs("suite/suite.log"),
+    benchmark:
+        benchmarks("suite/suite.tsv")
+    conda:
+        "../envs/mneme.yaml"
+    params:
+        pairs=list(config["pairs"]),
+        general=lambda wc: general_category(),
+    script:
+        "../workflow_scripts/suite.py"

@@ -3,6 +3,7 @@
 # cached per (latent, prompt hash, explainer) in results/{pair}/cache/, outside the outputs, so a
 # re-run only asks for what changed. map_categories: a category per latent from the explanation
 # (sentence embeddings or the LLM) and from provenance (corpus labels of its activation mass).
+# map_contexts: label-free categories of every live latent from its top contexts (no LLM).
 
 
 rule interpret:
@@ -51,8 +52,32 @@ rule map_categories:
             "llm" in config["categories"]["methods"] and config["interpret"]["backend"] == "vllm"
         ),
     params:
-        options={k: v for k, v in config["categories"].items() if k != "file"},
+        options=section("categories", exclude=("file", "contexts")),
         interpret=lambda wc: config["interpret"] if "llm" in config["categories"]["methods"] else {},
         cache=lambda wc: f"{RESULTS}/{wc.pair}/cache/classify.jsonl",
     script:
         "../workflow_scripts/map_categories.py"
+
+
+rule map_contexts:
+    input:
+        topk=f"{RESULTS}/{{pair}}/topk.npz",
+        attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
+        tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
+        tokenizer=lambda wc: model_dir(config["pairs"][wc.pair]["base"]),
+        categories=category_file(),
+        code=script_code("map_contexts"),
+    output:
+        f"{RESULTS}/{{pair}}/context_categories.parquet",
+    log:
+        logs("map_contexts/{pair}.log"),
+    benchmark:
+        benchmarks("map_contexts/{pair}.tsv")
+    conda:
+        "../envs/mneme.yaml"
+    threads: 2
+    params:
+        options=section("categories", ("contexts",))["contexts"],
+        embedding=lambda wc: config["categories"]["embedding"],
+    script:
+        "../workflow_scripts/map_contexts.py"

@@ -1,6 +1,9 @@
 # Per-pair latent analysis (method.md F10-F12): latent_stats (decoder norms, frequencies, top-N
 # contexts, category mass), latent_scaling (closed-form betas, one pass), attribute (amplified /
 # suppressed / unchanged), collect_contexts (example windows for the latents to interpret).
+# The latents section is split between the two passes so that an edit re-runs only its own.
+STATS_KEYS = ("n_top", "n_reservoir", "max_rows", "seed")
+EXAMPLE_KEYS = ("window", "n_examples", "n_quantile_examples", "n_quantiles", "n_negative", "seed")
 
 
 rule latent_stats:
@@ -22,7 +25,7 @@ rule latent_stats:
         "../envs/mneme.yaml"
     threads: 2
     params:
-        options=config["latents"],
+        options=section("latents", STATS_KEYS),
     script:
         "../workflow_scripts/latent_stats.py"
 
@@ -51,6 +54,7 @@ rule latent_scaling:
 rule attribute:
     input:
         latents=f"{RESULTS}/{{pair}}/latents.parquet",
+        crosscoder=f"{RESULTS}/{{pair}}/crosscoder",
         betas=f"{RESULTS}/{{pair}}/betas.parquet",
         code=script_code("attribute"),
     output:
@@ -86,6 +90,6 @@ rule collect_contexts:
         "../envs/mneme.yaml"
     threads: 2
     params:
-        options=config["latents"],
+        options=section("latents", EXAMPLE_KEYS),
     script:
         "../workflow_scripts/collect_contexts.py"

@@ -12,7 +12,9 @@ from mneme.attribution import (
     RATIO_FLOOR,
     attribute,
     attribution_summary,
+    decoder_geometry,
     delta_bin,
+    robust_z,
     select_for_interpretation,
 )
 from mneme.crosscoder import load_crosscoder
@@ -59,7 +61,7 @@ ROWS = [
 
 def test_ratio_mode_rule():
     lat, bet = make_frames(ROWS)
-    out = attribute(lat, bet, min_active=5).set_index("latent")
+    out = attribute(lat, bet, mode="ratio", min_active=5).set_index("latent")
     assert out["direction"].tolist() == [
         "amplified", "suppressed", "unchanged", "amplified", "unchanged", "dead", "dead", "unchanged",
         "suppressed", "amplified",
@@ -75,8 +77,10 @@ def test_ratio_mode_rule():
     assert out.loc[5, "reason"] == "dead" and out.loc[6, "reason"] == "rare"
     assert np.isnan(out.loc[5, "strength"]) and out.loc[2, "reason"] == ""
     assert out.loc[7, "strength"] == pytest.approx(-np.log(0.4))
-    assert attribute(lat, bet, tau_eps=0.35).set_index("latent").loc[7, "direction"] == "amplified"
-    assert attribute(lat, bet, min_freq=0.2).set_index("latent").loc[0, "direction"] == "dead"
+    assert (
+        attribute(lat, bet, mode="ratio", tau_eps=0.35).set_index("latent").loc[7, "direction"] == "amplified"
+    )
+    assert attribute(lat, bet, mode="ratio", min_freq=0.2).set_index("latent").loc[0, "direction"] == "dead"
 
 
 def test_simple_mode_rule():
@@ -112,7 +116,7 @@ def test_summary_and_selection():
         else:
             rows.append((0.5, True, 0, {}))
     lat, bet = make_frames(rows)
-    df = attribute(lat, bet)
+    df = attribute(lat, bet, mode="ratio")
     summary = attribution_summary(df)
     assert summary["directions"] == {"amplified": 15, "suppressed": 15, "unchanged": 15, "dead": 15}
     assert summary["n_latents"] == n and summary["n_live"] == 45
@@ -132,27 +136,15 @@ def test_summary_and_selection():
 # ---------------------------------------------------------------- planted features, end to end
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """A crosscoder trained on planted features; half of the scaled features are scaled by 0.1
-    (a 10x change), the other half by 0.25 (4x)."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("planted_attr")
-    feats = make_planted_features(
-        32, n_shared=12, n_ft_only=6, n_base_only=6, n_ft_scaled=6, n_base_scaled=6, scale_factor=0.1, seed=0
-    )
-    strong = np.ones(len(feats), dtype=bool)
-    for kind, attr in (("ft_scaled", "ft_scale"), ("base_scaled", "base_scale")):
-        weak = feats.indices(kind)[3:]
-        getattr(feats, attr)[weak] = 0.25
-        strong[weak] = False
-    data = sample_planted(feats, 20_000, seed=1)
+def _train_planted(root, feats, n_tokens=20_000, epochs=3):
+    """Planted stores, a crosscoder trained on them, its statistics and betas."""
+    data = sample_planted(feats, n_tokens, seed=1)
     man = write_planted_stores(
         data, root / "acts", chunk_rows=1024, n_shards=2, context_len=65, first_position=1
     )
     stores = PairedStores(*man)
     cfg = dict(
-        expansion_factor=4, k=3, batch_size=256, epochs=3, val_tokens=2048, lr=3e-3, dead_tokens=5000,
+        expansion_factor=4, k=3, batch_size=256, epochs=epochs, val_tokens=2048, lr=3e-3, dead_tokens=5000,
         threshold_start_step=50, threshold_beta=0.99, warmup_steps=20, log_every=100, checkpoint_every=10_000,
         shuffle_buffer_rows=8192, device="cpu",
     )  # fmt: skip
@@ -162,7 +154,35 @@ def planted(tmp_path_factory):
     latents_df = pd.read_parquet(root / "latents.parquet")
     cc = load_crosscoder(root / "cc")
     cos, latent = best_matches(cc.W_dec.detach().numpy(), feats, stores.norm_scales)
+    return cos, latent, latents_df, betas_df
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A crosscoder trained on planted features; half of the scaled features are scaled by 0.1
+    (a 10x change), the other half by 0.25 (4x)."""
+    torch.set_num_threads(1)
+    feats = make_planted_features(
+        32, n_shared=12, n_ft_only=6, n_base_only=6, n_ft_scaled=6, n_base_scaled=6, scale_factor=0.1, seed=0
+    )
+    strong = np.ones(len(feats), dtype=bool)
+    for kind, attr in (("ft_scaled", "ft_scale"), ("base_scaled", "base_scale")):
+        weak = feats.indices(kind)[3:]
+        getattr(feats, attr)[weak] = 0.25
+        strong[weak] = False
+    cos, latent, latents_df, betas_df = _train_planted(tmp_path_factory.mktemp("planted_attr"), feats)
     return feats, strong, cos, latent, latents_df, betas_df
+
+
+@pytest.fixture(scope="module")
+def planted_narrow(tmp_path_factory):
+    """A narrow intervention, as the robust mode assumes: most features shared, a few changed
+    (two specific to each model, two scaled 4x in each)."""
+    torch.set_num_threads(1)
+    feats = make_planted_features(
+        64, n_shared=40, n_ft_only=3, n_base_only=3, n_ft_scaled=3, n_base_scaled=3, scale_factor=0.25, seed=2
+    )
+    return (feats, *_train_planted(tmp_path_factory.mktemp("planted_narrow"), feats, 40_000, 5))
 
 
 def _report(feats, cos, latent, out):
@@ -183,7 +203,7 @@ def _accuracy(feats, mask, cos, latent, out, direction):
 
 def test_planted_attribution_ratio_mode(planted):
     feats, strong, cos, latent, latents_df, betas_df = planted
-    out = attribute(latents_df, betas_df)
+    out = attribute(latents_df, betas_df, mode="ratio")
     kind = feats.kind
     amplified = np.isin(kind, ["ft_only"]) | ((kind == "base_scaled") & strong)
     suppressed = np.isin(kind, ["base_only"]) | ((kind == "ft_scaled") & strong)
@@ -211,3 +231,80 @@ def test_planted_attribution_simple_mode(planted):
         _accuracy(feats, np.isin(kind, ["base_only", "ft_scaled"]), cos, latent, out, "suppressed") >= 0.9
     ), info
     assert _accuracy(feats, kind == "shared", cos, latent, out, "unchanged") >= 0.9, info
+
+
+def test_planted_attribution_robust_mode(planted_narrow):
+    """The default: the z of the log beta ratio against the bulk flags the 4x changes (which F12's
+    thresholds leave unchanged by design) and leaves the shared features alone."""
+    feats, cos, latent, latents_df, betas_df = planted_narrow
+    out = attribute(latents_df, betas_df, mode="robust", z_threshold=3.0)
+    kind = feats.kind
+    info = _report(feats, cos, latent, out)
+    amplified = np.isin(kind, ["ft_only", "base_scaled"])
+    suppressed = np.isin(kind, ["base_only", "ft_scaled"])
+    assert _accuracy(feats, amplified, cos, latent, out, "amplified") >= 0.9, info
+    assert _accuracy(feats, suppressed, cos, latent, out, "suppressed") >= 0.9, info
+    assert _accuracy(feats, kind == "shared", cos, latent, out, "unchanged") >= 0.9, info
+    live = out[out["direction"] != "dead"]
+    assert live["strength"].max() <= 10.0 and live["log_change"].notna().all()
+
+
+def test_robust_z_against_reference():
+    v = np.array([0.0, 0.1, -0.1, 0.2, 5.0, np.nan, 3.0])
+    ok = np.array([True, True, True, True, True, True, False])
+    z = robust_z(v, ok)
+    ref = v[:5]
+    med = np.median(ref)
+    mad = np.median(np.abs(ref - med)) * 1.4826
+    np.testing.assert_allclose(z[:5], (ref - med) / mad)
+    assert np.isnan(z[5]) and np.isnan(z[6])
+    # a constant bulk falls back to the standard deviation instead of dividing by zero
+    z = robust_z(np.array([1.0, 1.0, 1.0, 4.0]), np.ones(4, bool))
+    assert np.isfinite(z).all() and z[3] > 1
+
+
+def test_robust_mode_caps_degenerate_ratios_and_needs_contexts():
+    # a bulk of unchanged latents, one with base beta <= 0 (ratio 0: degenerate), one seen in 2 contexts
+    rows = [(0.6, False, 50, betas(1.0 + 0.01 * j, 1.0, 1.0, 1.0)) for j in range(20)]
+    rows.append((0.95, False, 50, betas(-0.5, 1.0, -0.5, 1.0)))
+    rows.append((0.95, False, 50, betas(0.01, 1.0, 0.01, 1.0)))
+    lat, bet = make_frames(rows)
+    lat["n_active_contexts"] = [50] * 21 + [2]
+    out = attribute(lat, bet, mode="robust", z_cap=7.0, min_contexts=5).set_index("latent")
+    assert out.loc[20, "direction"] == "amplified" and out.loc[20, "strength"] == 7.0
+    assert out.loc[21, "direction"] == "dead" and out.loc[21, "reason"] == "rare"
+    assert (out.loc[:19, "direction"] == "unchanged").all()
+
+
+def test_decoder_geometry_against_brute_force():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(2, 6, 4))
+    b = rng.normal(size=(2, 4))
+    g = decoder_geometry(w, b, block=4).set_index("latent")
+    for j in range(6):
+        best = max(
+            float(w[1, j] @ w[0, k] / np.linalg.norm(w[1, j]) / np.linalg.norm(w[0, k])) for k in range(6)
+        )
+        assert g.loc[j, "base_counterpart_cos"] == pytest.approx(best)
+        assert g.loc[j, "bias_base_ftdec"] == pytest.approx(float(w[1, j] @ b[0]))
+        assert g.loc[j, "bias_ft_basedec"] == pytest.approx(float(w[0, j] @ b[1]))
+        assert g.loc[j, "probe_norm2_ftdec"] == pytest.approx(float(w[1, j] @ w[1, j]))
+
+
+def test_effect_marks_new_directions_as_disruptions():
+    """An amplified latent whose ft decoder matches a base vector strengthens a feature (+1); one
+    with no base counterpart (RMU's steering noise) is a disruption (-1), as is a suppressed one."""
+    rows = [(0.6, False, 50, betas(1.0 + 0.01 * j, 1.0, 1.0, 1.0)) for j in range(20)]
+    rows += [(0.95, False, 50, betas(0.05, 1.0, 0.05, 1.0))] * 2
+    rows += [(0.05, False, 50, betas(1.0, 0.05, 1.0, 0.05))]
+    lat, bet = make_frames(rows)
+    geometry = pd.DataFrame({"latent": range(23), "base_counterpart_cos": [0.9] * 21 + [0.1, 0.9]})
+    for col in ("probe_norm2_ftdec", "probe_norm2_basedec"):
+        geometry[col] = 1.0
+    for col in ("bias_base_ftdec", "bias_ft_ftdec", "bias_base_basedec", "bias_ft_basedec"):
+        geometry[col] = 0.0
+    bet["sum_f"], bet["sum_f2"] = 10.0, 10.0
+    out = attribute(lat, bet, geometry=geometry).set_index("latent")
+    assert out.loc[[20, 21, 22], "direction"].tolist() == ["amplified", "amplified", "suppressed"]
+    assert out.loc[[20, 21, 22], "effect"].tolist() == [1, -1, -1]
+    assert (out.loc[:19, "effect"] == 0).all()

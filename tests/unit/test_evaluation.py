@@ -1,4 +1,3 @@
-import json
 import math
 
 import numpy as np
@@ -74,11 +73,13 @@ def test_all_positive_signature():
 
 def test_metrics_empty_denominators():
     m = ev.metrics([True, False, False], [False, False, False])
-    assert math.isnan(m["precision"]) and math.isnan(m["f1"])
+    assert math.isnan(m["precision"]) and m["f1"] == 0.0  # a miss: nothing found, F1 = 2tp/(2tp+fp+fn)
     assert m["recall"] == 0.0
-    assert "precision" in m["undefined"] and "f1" in m["undefined"]
+    assert "precision" in m["undefined"] and "f1" not in m["undefined"]
     m = ev.metrics([False, False], [False, True])
-    assert math.isnan(m["recall"]) and m["precision"] == 0.0
+    assert math.isnan(m["recall"]) and m["precision"] == 0.0 and m["f1"] == 0.0
+    m = ev.metrics([False, False], [False, False])  # nothing to find, nothing predicted
+    assert math.isnan(m["f1"]) and m["accuracy"] == 1.0
     m = ev.metrics([True, False], [False, True])
     assert m["precision"] == 0.0 and m["recall"] == 0.0 and m["f1"] == 0.0
 
@@ -95,17 +96,6 @@ def test_random_expected_values():
     accs = [ev.metrics(truth, rng.random(8) < p)["accuracy"] for _ in range(4000)]
     assert np.mean(accs) == pytest.approx(m["accuracy"], abs=0.01)
     assert math.isnan(ev.random_expected_metrics(0.0, 5)["precision"])
-
-
-def test_direction_metrics():
-    d = ev.direction_metrics([-1, 0, 1, -1], [-1, 0, -1, 0])
-    assert d["direction_accuracy"] == pytest.approx(0.5)
-    assert d["n_both"] == 2 and d["sign_agreement"] == pytest.approx(0.5)
-    assert math.isnan(ev.direction_metrics([0, 1], [1, 0])["sign_agreement"])
-
-
-# ---------------------------------------------------------------------------------------------
-# significance tests
 
 
 def test_ground_truth_shift_and_null():
@@ -193,87 +183,3 @@ def test_predict_tie_direction_zero():
     df = pd.DataFrame({"latent": [0, 1], "direction": ["amplified", "suppressed"], "category": ["x", "x"]})
     pr = ev.predict(df, ["x"])
     assert bool(pr["predicted"].iloc[0]) and pr["direction"].iloc[0] == 0
-
-
-def test_predict_enrichment():
-    pr = ev.predict(_cat_table(), ["math", "biology", "history"], method="enrichment").set_index("category")
-    # 8 flagged latents; 3 controls (unchanged): math 1, history 2
-    assert pr.loc["math", "share_flagged"] == pytest.approx(3 / 8)
-    assert pr.loc["math", "enrichment"] == pytest.approx((3 / 8) / (1 / 3))
-    assert not pr.loc["math", "predicted"]  # 1.125 < 2
-    assert math.isinf(pr.loc["biology", "enrichment"]) and pr.loc["biology", "predicted"]
-    assert not pr.loc["history", "predicted"]
-    ctrl = pd.DataFrame({"latent": range(10), "category": ["history"] * 10})
-    pr = ev.predict(_cat_table(), ["math"], method="enrichment", controls=ctrl)
-    assert bool(pr["predicted"].iloc[0])
-    with pytest.raises(ValueError):
-        ev.predict(_cat_table()[lambda d: d.direction != "unchanged"], ["math"], method="enrichment")
-
-
-# ---------------------------------------------------------------------------------------------
-# baselines and assembly
-
-
-def test_baselines():
-    truth = pd.Series({"math": True, "biology": False, "law": True, "history": False})
-    attribution = pd.DataFrame(
-        {
-            "latent": [0, 4, 20, 21, 22],
-            "direction": ["amplified", "suppressed", "unchanged", "unchanged", "dead"],
-            "delta_bin": ["ft_only", "shared", "base_only", "ft_only", "ft_only"],
-        }
-    )
-    mass = pd.DataFrame(
-        {
-            "latent": [20, 20, 21, 21, 22],
-            "category": ["law", "math", "general", "history", "biology"],
-            "share": [0.7, 0.3, 0.6, 0.4, 1.0],
-        }
-    )
-    out = ev.baselines(truth, categories_df=_cat_table(), attribution=attribution, category_mass=mass)
-    assert set(out) >= {
-        "all_positive",
-        "random_at_prevalence",
-        "decoder_norm_only",
-        "provenance_only",
-        "oracle",
-    }
-    ap = out["all_positive"]
-    assert ap["accuracy"] == ap["precision"] == 0.5 and ap["recall"] == 1.0
-    assert out["random_at_prevalence"]["accuracy"] == pytest.approx(0.5)
-    for k in ("accuracy", "precision", "recall", "f1"):
-        assert out["oracle"][k] == 1.0
-    # decoder norm: latent 0 (ft_only, table → math), 20 (base_only, mass → law),
-    # 21 (→ general, ignored), 22 dead, 4 shared → predicts math and law = truth
-    assert out["decoder_norm_only"]["f1"] == 1.0
-    dn = ev.decoder_norm_table(attribution, _cat_table(), mass).set_index("latent")
-    assert dn.loc[20, "direction"] == "suppressed" and dn.loc[20, "source"] == "provenance"
-    # provenance column: math (0, 2), biology (1, 4), law (5, 6), history (11) flagged; general ignored
-    assert (out["provenance_only"]["tp"], out["provenance_only"]["fp"]) == (2, 2)
-
-
-def test_evaluate_pair_json():
-    rng = np.random.default_rng(4)
-    n = 60
-    base = {c: (rng.random(n) < 0.8).astype(float) for c in ("math", "biology", "law", "history", "general")}
-    ft = dict(base)
-    ft["biology"] = np.where(np.arange(n) < 30, 0.0, base["biology"])  # clear degradation
-    b, f = _items(base, "multiple_choice"), _items(ft, "multiple_choice")
-    b = pd.concat([b, _items({"math": rng.normal(size=5)}, "definition_loglik")])
-    attribution = pd.DataFrame({"latent": [0, 4], "direction": ["amplified", "suppressed"]})
-    attribution["delta_bin"] = ["ft_only", "base_only"]
-    res = ev.evaluate_pair(
-        b, f, _cat_table(), attribution=attribution, task="multiple_choice", threshold=0.1, n_boot=500
-    )
-    text = json.dumps(res, allow_nan=False)
-    assert json.loads(text) == res
-    assert res["categories"] == ["biology", "history", "law", "math"]  # general excluded
-    rows = {r["category"]: r for r in res["per_category"]}
-    assert rows["biology"]["truth"] and rows["biology"]["direction"] == -1
-    assert rows["biology"]["prediction"] and rows["biology"]["pred_direction"] == -1
-    assert not rows["math"]["truth"] and rows["math"]["prediction"]
-    assert res["metrics"]["oracle"]["f1"] == 1.0
-    assert res["metrics"]["mneme"]["tp"] == 1 and res["metrics"]["mneme"]["fp"] == 2
-    assert res["prevalence"] == pytest.approx(0.25)
-    res2 = ev.evaluate_pair(b, f, _cat_table(), method="enrichment", threshold=0.1, n_boot=200)
-    json.dumps(res2, allow_nan=False)

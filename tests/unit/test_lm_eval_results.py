@@ -243,21 +243,25 @@ def test_ground_truth_pools_counts_per_category() -> None:
     assert gt2.loc["biology", "p_value"] == pytest.approx(reference_z_p(s_b, 300, s_f2, 150), rel=1e-9)
 
 
-def test_evaluate_pair_on_lm_eval_results(tmp_path, subject_map) -> None:
+def test_ground_truth_on_lm_eval_results(tmp_path, subject_map) -> None:
     worse = copy.deepcopy(RESULTS)
     worse["results"]["mmlu_college_biology"]["acc,none"] = 0.25
     worse["results"]["mmlu_virology"]["acc,none"] = 0.1
     base = le.read_task_results(write(tmp_path / "b.json", RESULTS), {"arc_easy": "science"}, subject_map)
     ft = le.read_task_results(write(tmp_path / "f.json", worse), {"arc_easy": "science"}, subject_map)
-    cats = pd.DataFrame(
-        {"latent": [0, 1], "direction": ["suppressed", "unchanged"], "category": ["biology", "law"]}
+    # no general category among these tasks: the specific truth falls back to the raw change
+    gt = ev.ground_truth(base, ft, "lm_eval", 0.05, test="two_proportion", reference="general")
+    rows = gt.set_index("category")
+    assert set(rows.index) == {"biology", "chemistry", "law", "science"}
+    assert rows.loc["biology", "affected"] and rows.loc["biology", "direction"] == -1
+    assert not rows.loc["law", "affected"] and rows["reference"].isna().all()
+    # with science as the reference, biology's change beyond science's is still significant
+    gt = ev.ground_truth(base, ft, "lm_eval", 0.05, test="two_proportion", reference="science")
+    rows = gt.set_index("category")
+    assert rows.loc["biology", "delta"] == pytest.approx(
+        rows.loc["biology", "raw_delta"] - rows.loc["science", "raw_delta"]
     )
-    res = ev.evaluate_pair(base, ft, cats, task="lm_eval", test="two_proportion", threshold=0.05)
-    json.dumps(res, allow_nan=False)
-    rows = {r["category"]: r for r in res["per_category"]}
-    assert set(rows) == {"biology", "chemistry", "law", "science"}
-    assert rows["biology"]["truth"] and rows["biology"]["direction"] == -1 and rows["biology"]["prediction"]
-    assert not rows["law"]["truth"] and res["metrics"]["mneme"]["tp"] == 1
+    assert rows.loc["biology", "affected"] and not rows.loc["science", "affected"]
 
 
 def test_rule_script_imports_lm_eval_without_a_model(tmp_path, monkeypatch) -> None:

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from mneme import report
-from mneme.attribution import attribution_summary, delta_bin
+from mneme.attribution import attribution_summary
+from mneme.contracts import delta_bin
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO / "results" / "bio-rmu"

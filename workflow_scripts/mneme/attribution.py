@@ -3,6 +3,22 @@
 Inputs are the per-latent statistics of :mod:`mneme.latent_stats` (``latents.parquet``: ``delta``,
 ``delta_bin``, ``freq``, ``dead``) and the betas of :mod:`mneme.latent_scaling` (``betas.parquet``).
 
+**Mode ``robust``** (the default, calibrated against the bulk of the latents). Every latent gets a
+signed log change ``l_j = log(beta^f_j / beta^b_j)`` on the reconstruction target with the probe
+chosen by ``Delta`` as below (positive: the fine-tuned model expresses the latent more). Most
+latents of a narrow intervention do not change, so the bulk of ``l`` is the noise of the
+estimate: ``z_j = (l_j - median) / (1.4826 MAD)`` over the eligible latents (live, with at least
+``min_contexts`` activating contexts). ``z >= z_threshold`` is *amplified*, ``z <= -z_threshold``
+*suppressed*. The strength is ``min(|z|, z_cap)``, so a degenerate ratio (the other model's beta
+``<= 0``, ``l`` clipped at ``+-log(1/RATIO_FLOOR)``) counts as a large change, not an infinite one.
+This mode needs no per-organism threshold: the scale comes from the latents themselves.
+
+**Effect** (every mode): the kind of change, for the direction of the prediction. A suppressed
+latent is a base feature the fine-tuned model lost (``-1``). An amplified latent is ``+1`` (an
+existing feature strengthened) when its fine-tuned decoder vector has a base counterpart (cosine
+``>= novelty_cos`` with some base decoder vector, its own included), and ``-1`` when it has none:
+a new direction that no base feature writes, as RMU's steering noise, is a disruption.
+
 **Mode ``ratio``** (F12). The probe follows the relative decoder norm: ``Delta >= 0.5`` uses the
 fine-tuned decoder and the F11 ratios ``nu = beta^b / beta^f``; ``Delta < 0.5`` uses the base decoder and
 the mirrors ``mu = beta^f / beta^b``. In both cases the ratio is ``other model / own model`` (the "own"
@@ -12,7 +28,9 @@ model is the one the probe decoder belongs to). The latent is *amplified* (ft pr
 
 **Mode ``simple``**. One ratio on the activation target, always ``nu_a = beta^{b,a} / beta^{f,a}``, with
 the probe again chosen by ``Delta`` (the ft decoder cannot score base-leaning latents):
-``nu_a <= 1/kappa`` is amplified, ``nu_a >= kappa`` suppressed; ``sigma = |log nu_a|``.
+``nu_a <= 1/kappa`` is amplified, ``nu_a >= kappa`` suppressed; ``sigma = |log nu_a|``. With decoder geometry given, the activation target is taken without the
+decoder bias (``y = x_m - b_dec^m``, diffing-toolkit's no-bias target), so a perfectly shared latent
+is not flagged because the two models' decoder biases differ.
 
 **Degenerate ratios** (documented choices):
 
@@ -29,7 +47,8 @@ finite strength ``-log(RATIO_FLOOR)`` (ties are broken by activation frequency i
 
 **Liveness.** A latent is *dead* if it never fired in the statistics pass, or fires on fewer than
 ``min_freq`` of the tokens, or on fewer than ``min_active`` tokens of the latent-scaling rows (so a
-latent active only in the validation tail cannot be scored); ``reason`` says which (``dead``/``rare``).
+latent active only in the validation tail cannot be scored), or in fewer than ``min_contexts``
+contexts (a ratio estimated from one context is noise); ``reason`` says which (``dead``/``rare``).
 """
 
 from __future__ import annotations
@@ -37,15 +56,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mneme.contracts import DELTA_BINS, beta_column, delta_bin
+
 DIRECTIONS = ("amplified", "suppressed", "unchanged", "dead")
-DELTA_BINS = ("base_only", "other", "shared", "ft_only")
-MODES = ("ratio", "simple")
+MODES = ("robust", "ratio", "simple")
+MAD_SCALE = 1.4826  # MAD -> standard deviation of a normal distribution
 RATIO_FLOOR = 1e-6
-
-
-def beta_column(target: str, model: str, probe: str) -> str:
-    """Name of a beta column in ``betas.parquet`` (written by :mod:`mneme.latent_scaling`)."""
-    return f"beta_{target}_{model}_{probe}"
 
 
 def _ratio(other: np.ndarray, own: np.ndarray) -> np.ndarray:
@@ -60,37 +76,97 @@ def _strength(ratio: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(ratio, RATIO_FLOOR, 1 / RATIO_FLOOR))
 
 
+def decoder_geometry(w_dec: np.ndarray, b_dec: np.ndarray, block: int = 2048) -> pd.DataFrame:
+    """Per latent, from the crosscoder's decoder ``w_dec`` ``[2, h, d]`` and biases ``b_dec`` ``[2, d]``:
+    ``bias_{model}_{probe}`` = ``<v_j, b_dec^model>`` for both probes, ``probe_norm2_{probe}`` =
+    ``||v_j||^2`` and ``base_counterpart_cos``, the largest cosine of ``d_j^f`` with any base decoder
+    vector ``d_k^b`` (its own included); blocks of ``block`` rows bound the memory."""
+    w = np.asarray(w_dec, dtype=np.float64)
+    b = np.asarray(b_dec, dtype=np.float64)
+    out: dict[str, np.ndarray] = {"latent": np.arange(w.shape[1], dtype=np.int64)}
+    for p, probe in enumerate(("basedec", "ftdec")):
+        out[f"probe_norm2_{probe}"] = (w[p] ** 2).sum(-1)
+        for m, model in enumerate(("base", "ft")):
+            out[f"bias_{model}_{probe}"] = w[p] @ b[m]
+    unit = w / np.maximum(np.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
+    best = np.empty(w.shape[1])
+    for lo in range(0, w.shape[1], block):
+        best[lo : lo + block] = (unit[1, lo : lo + block] @ unit[0].T).max(axis=1)
+    out["base_counterpart_cos"] = best
+    return pd.DataFrame(out)
+
+
+def _nobias_activation(df: pd.DataFrame, model: str, probe: str) -> np.ndarray:
+    """beta on ``y = x_m - b_dec^m``: the activation beta less ``<v, b> sum f / (||v||^2 sum f^2)``."""
+    beta = df[beta_column("activation", model, probe)].to_numpy(float)
+    den = df[f"probe_norm2_{probe}"].to_numpy(float) * df["sum_f2"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = df[f"bias_{model}_{probe}"].to_numpy(float) * df["sum_f"].to_numpy(float) / den
+    return beta - shift
+
+
+def robust_z(values: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """``(v - median) / (MAD_SCALE * MAD)`` with median and MAD over ``eligible`` finite values;
+    NaN where not eligible. A zero MAD (a constant bulk) falls back to the standard deviation."""
+    v = np.asarray(values, dtype=float)
+    ok = eligible & np.isfinite(v)
+    z = np.full(v.shape, np.nan)
+    if not ok.any():
+        return z
+    med = float(np.median(v[ok]))
+    scale = MAD_SCALE * float(np.median(np.abs(v[ok] - med)))
+    if scale <= 0:
+        scale = float(np.std(v[ok]))
+    if scale <= 0:
+        scale = 1.0
+    z[ok] = (v[ok] - med) / scale
+    return z
+
+
 def attribute(
     latents_df: pd.DataFrame,
     betas_df: pd.DataFrame,
     *,
-    mode: str = "ratio",
+    geometry: pd.DataFrame | None = None,
+    mode: str = "robust",
+    z_threshold: float = 3.0,
+    z_cap: float = 10.0,
     tau_r: float = 0.5,
     tau_eps: float = 0.2,
     kappa: float = 2.0,
     min_freq: float = 0.0,
     min_active: int = 1,
+    min_contexts: int = 1,
+    novelty_cos: float = 0.5,
 ) -> pd.DataFrame:
     """Label every latent ``amplified``/``suppressed``/``unchanged``/``dead`` (see the module docstring).
 
-    Returns one row per latent of ``latents_df`` with columns ``latent, direction, strength, ratio_r,
-    ratio_eps, ratio_activation, probe ('ft'/'base'), delta, delta_bin, freq, n_active, reason, mode``.
-    ``ratio_r``/``ratio_eps`` are the F12 other/own ratios (``nu`` for the ft probe, ``mu`` for the base
-    probe) in both modes; ``ratio_activation`` is ``nu_a = beta^{b,a}/beta^{f,a}`` with the same probe.
+    Returns one row per latent of ``latents_df`` with columns ``latent, direction, strength,
+    log_change, change_z, effect, ratio_r, ratio_eps, ratio_activation, probe ('ft'/'base'), delta,
+    delta_bin, freq, n_active, n_contexts, base_counterpart_cos, reason, mode``. ``ratio_r`` /
+    ``ratio_eps`` are the F12 other/own ratios (``nu`` for the ft probe, ``mu`` for the base probe);
+    ``ratio_activation`` is ``nu_a = beta^{b,a}/beta^{f,a}`` with the same probe (no-bias target when
+    ``geometry`` is given). ``log_change`` and ``change_z`` are defined in every mode.
     """
     if mode not in MODES:
         raise ValueError(f"attribution mode must be one of {MODES}, got {mode!r}")
     if kappa <= 1:
         raise ValueError(f"kappa must be > 1, got {kappa}")
-    lat = latents_df[[c for c in ("latent", "delta", "delta_bin", "freq", "dead") if c in latents_df]]
+    cols = ("latent", "delta", "delta_bin", "freq", "dead", "n_active_contexts")
+    lat = latents_df[[c for c in cols if c in latents_df]]
     df = lat.merge(betas_df, on="latent", how="left", suffixes=("", "_betas"))
+    if geometry is not None:
+        df = df.merge(geometry, on="latent", how="left")
     delta = df["delta"].to_numpy(float)
     use_ft = delta >= 0.5
 
+    def by_probe(get) -> np.ndarray:
+        return np.where(use_ft, get("ftdec"), get("basedec"))
+
     def pick(target: str, model: str) -> np.ndarray:
-        ft_val = df[beta_column(target, model, "ftdec")].to_numpy(float)
-        base_val = df[beta_column(target, model, "basedec")].to_numpy(float)
-        return np.where(use_ft, ft_val, base_val)
+        if target == "activation" and geometry is not None:
+            return by_probe(lambda probe: _nobias_activation(df, model, probe))
+        return by_probe(lambda probe: df[beta_column(target, model, probe)].to_numpy(float))
 
     ratios = {}
     for target in ("reconstruction", "error"):
@@ -103,11 +179,33 @@ def attribute(
     nu_a = np.where((a_ft <= 0) & (a_base > 0), np.inf, nu_a)
     nu_a = np.where(((a_ft <= 0) & (a_base <= 0)) | np.isnan(a_ft) | np.isnan(a_base), np.nan, nu_a)
     ratio_r, ratio_eps = ratios["reconstruction"], ratios["error"]
+    # signed log change: other/own is base/ft for the ft probe and ft/base for the base probe
+    log_r = np.log(np.clip(ratio_r, RATIO_FLOOR, 1 / RATIO_FLOOR))
+    log_change = np.where(use_ft, -log_r, log_r)
 
     n = len(df)
+    n_active = df["n_active"].fillna(0).to_numpy(np.int64) if "n_active" in df else np.zeros(n, np.int64)
+    n_ctx = (
+        df["n_active_contexts"].fillna(0).to_numpy(np.int64)
+        if "n_active_contexts" in df
+        else np.full(n, np.iinfo(np.int64).max)
+    )
+    freq = df["freq"].to_numpy(float) if "freq" in df else np.full(n, np.nan)
+    never = df["dead"].fillna(True).to_numpy(bool) if "dead" in df else n_active == 0
+    rare = ~never & (
+        (n_active < min_active) | (np.nan_to_num(freq, nan=0.0) < min_freq) | (n_ctx < min_contexts)
+    )
+    change_z = robust_z(log_change, ~(never | rare))
+
     direction = np.full(n, "unchanged", dtype=object)
     reason = np.full(n, "", dtype=object)
-    if mode == "ratio":
+    if mode == "robust":
+        with np.errstate(invalid="ignore"):
+            direction[change_z >= z_threshold] = "amplified"
+            direction[change_z <= -z_threshold] = "suppressed"
+        strength = np.minimum(np.abs(change_z), z_cap)
+        reason[np.isnan(ratio_r)] = "own_beta_nonpositive"
+    elif mode == "ratio":
         with np.errstate(invalid="ignore"):
             worst = np.fmax(ratio_r, ratio_eps)
             hit = (ratio_r <= tau_r) & (ratio_eps <= tau_eps)
@@ -123,19 +221,25 @@ def attribute(
         strength = np.abs(np.log(np.clip(nu_a, RATIO_FLOOR, 1 / RATIO_FLOOR)))
         reason[np.isnan(nu_a)] = "own_beta_nonpositive"
 
-    n_active = df["n_active"].fillna(0).to_numpy(np.int64) if "n_active" in df else np.zeros(n, np.int64)
-    freq = df["freq"].to_numpy(float) if "freq" in df else np.full(n, np.nan)
-    never = df["dead"].fillna(True).to_numpy(bool) if "dead" in df else n_active == 0
-    rare = ~never & ((n_active < min_active) | (np.nan_to_num(freq, nan=0.0) < min_freq))
     direction[never | rare] = "dead"
     reason[never] = "dead"
     reason[rare] = "rare"
     strength = np.where(never | rare, np.nan, strength)
-    out = pd.DataFrame(
+    counterpart = (
+        df["base_counterpart_cos"].to_numpy(float) if "base_counterpart_cos" in df else np.full(n, np.nan)
+    )
+    effect = np.zeros(n, dtype=np.int64)
+    effect[direction == "suppressed"] = -1
+    amplified = direction == "amplified"
+    effect[amplified] = np.where(np.nan_to_num(counterpart[amplified], nan=1.0) >= novelty_cos, 1, -1)
+    return pd.DataFrame(
         {
             "latent": df["latent"].to_numpy(np.int64),
             "direction": direction.astype(str),
             "strength": strength,
+            "log_change": log_change,
+            "change_z": change_z,
+            "effect": effect,
             "ratio_r": ratio_r,
             "ratio_eps": ratio_eps,
             "ratio_activation": nu_a,
@@ -144,21 +248,12 @@ def attribute(
             "delta_bin": df["delta_bin"].to_numpy() if "delta_bin" in df else delta_bin(delta),
             "freq": freq,
             "n_active": n_active,
+            "n_contexts": np.where(n_ctx == np.iinfo(np.int64).max, -1, n_ctx),
+            "base_counterpart_cos": counterpart,
             "reason": reason.astype(str),
             "mode": mode,
         }
     )
-    return out
-
-
-def delta_bin(delta: np.ndarray) -> np.ndarray:
-    """F10 bins: ``base_only`` (<= 0.1), ``shared`` (0.4..0.6), ``ft_only`` (>= 0.9), else ``other``."""
-    delta = np.asarray(delta, dtype=float)
-    out = np.full(delta.shape, "other", dtype=object)
-    out[delta <= 0.1] = "base_only"
-    out[(delta >= 0.4) & (delta <= 0.6)] = "shared"
-    out[delta >= 0.9] = "ft_only"
-    return out.astype(str)
 
 
 def attribution_summary(df: pd.DataFrame, thresholds: dict | None = None) -> dict:

@@ -156,21 +156,26 @@ class EmbeddingClassifier:
             texts += entries
             owner += [i] * len(entries)
         self._owner = np.asarray(owner)
-        self._cat_emb = self._encode(texts)
+        self._cat_emb = self.encode(texts)
 
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm sentence embeddings ``[n_texts, dim]`` (float32)."""
         emb = self.model.encode(
             list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
-        return np.asarray(emb, dtype=np.float32)
+        return np.asarray(emb, dtype=np.float32).reshape(len(texts), -1)
 
-    def scores(self, texts: Sequence[str]) -> np.ndarray:
-        """[n_texts, n_categories] best cosine per category."""
-        sims = self._encode(texts) @ self._cat_emb.T
-        out = np.full((len(texts), len(self.names)), -1.0, dtype=np.float32)
+    def scores_from_embeddings(self, emb: np.ndarray) -> np.ndarray:
+        """[n, n_categories] best cosine per category of unit-norm embeddings ``emb``."""
+        sims = emb @ self._cat_emb.T
+        out = np.full((len(emb), len(self.names)), -1.0, dtype=np.float32)
         for j in range(len(self.names)):
             out[:, j] = sims[:, self._owner == j].max(axis=1)
         return out
+
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        """[n_texts, n_categories] best cosine per category."""
+        return self.scores_from_embeddings(self.encode(texts))
 
     def classify(self, texts: Sequence[str | None]) -> list[tuple[str, float]]:
         clean = [strip_keywords_prefix(t).strip() if isinstance(t, str) else "" for t in texts]

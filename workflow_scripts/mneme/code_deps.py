@@ -16,6 +16,10 @@ from pathlib import Path
 
 PACKAGE = "mneme"
 
+# Modules that cannot change what a rule writes, only how it reports progress: not code inputs,
+# so that editing the log format re-runs nothing. Their own imports are not followed either.
+NOT_CODE = frozenset({"logs"})
+
 
 def _direct_imports(path: Path, package_dir: Path) -> set[str]:
     """Names of the package's modules that the file at ``path`` imports anywhere in its code."""
@@ -34,7 +38,7 @@ def _direct_imports(path: Path, package_dir: Path) -> set[str]:
                 parts = alias.name.split(".")
                 if parts[0] == PACKAGE and len(parts) > 1:
                     found.add(parts[1])
-    return {m for m in found if (package_dir / f"{m}.py").is_file()}
+    return {m for m in found - NOT_CODE if (package_dir / f"{m}.py").is_file()}
 
 
 @functools.cache

@@ -1,26 +1,26 @@
-"""Side-effect prediction scoring (method.md §4.1, F13).
+"""Side-effect prediction scoring (docs/method.md, "Evaluation").
 
-Four pieces:
-
-- :func:`ground_truth` – per category c, is the fine-tuned model's benchmark score different from
-  the base model's? ``y_c = |Δ_c| >= threshold AND significant``. Items are paired by ``item_id``
-  (both models answer the same items). Tests: paired bootstrap over items of the mean difference
-  (default), two-proportion z-test (0/1 scores only) or a paired t-test.
-- :func:`predict` – F13, from the category table of a pair only (never the benchmark items).
-- :func:`metrics` / :func:`direction_metrics` – confusion-matrix metrics over the category units.
-- :func:`baselines` – all-positive, random at prevalence (analytic expectation), decoder-norm only,
-  provenance only, oracle.
+- :func:`ground_truth` – per category c, did the fine-tuned model's benchmark score move, beyond
+  the move of the general (untagged) items? ``y_c = |Δ_c − Δ_general| >= threshold AND
+  significant``; the raw change is kept beside it. Items are paired by ``item_id`` (both models
+  answer the same items). Tests: paired bootstrap over items (default), two-proportion z-test
+  (0/1 scores only) or a paired t-test.
+- the predictors, none of which sees a benchmark item: mneme's routes (:mod:`mneme.prediction`)
+  and the baselines: activation difference (no crosscoder), decoder-norm only, provenance only
+  (the F13 count rule, :func:`predict`), all positive, random at prevalence, oracle.
+- :func:`score_predictor` – accuracy / precision / recall / F1, AUROC of the score against
+  affected and Spearman against |change|, over all categories and over the side effects only
+  (the categories outside the pair's target), and direction accuracy.
 
 :func:`evaluate_pair` assembles everything into one JSON-serialisable dict.
 
-Direction convention (used for both truth and prediction): ``-1`` = degraded, ``+1`` = improved,
-``0`` = unchanged / not predicted. A *suppressed* latent (the fine-tune weakened a base feature) is
-evidence of degradation (``-1``); an *amplified* latent (the fine-tune strengthened or created a
-feature) is evidence of ``+1``. The predicted direction is ``sign(n_amplified - n_suppressed)``.
+Direction convention (truth and prediction): ``-1`` = degraded, ``+1`` = improved, ``0`` =
+unchanged / not predicted.
 
 Metric conventions for empty denominators: precision with no predicted positive and recall with
 no true positive are undefined and reported as NaN (``None`` in JSON) and listed under
-``undefined``; F1 is NaN when precision or recall is, and 0 when both are 0.
+``undefined``; F1 is ``2tp / (2tp + fp + fn)``, so 0 when nothing predicted was right and
+undefined only when there were no positives and none was predicted (no error at all).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ NONE_LABEL = "none"  # same value as mneme.explainer_prompts.NONE_LABEL
 FLAGGED = ("amplified", "suppressed")
 CONTROL = "unchanged"
 TESTS = ("bootstrap", "two_proportion", "paired_t")
-METHODS = ("count", "enrichment")
+GROUND_TRUTHS = ("specific", "raw")
 GROUND_TRUTH_COLUMNS = [
     "category",
     "n",
@@ -50,17 +50,7 @@ GROUND_TRUTH_COLUMNS = [
     "affected",
     "direction",
 ]
-PREDICT_COLUMNS = [
-    "category",
-    "n_amplified",
-    "n_suppressed",
-    "n",
-    "predicted",
-    "direction",
-    "share_flagged",
-    "share_control",
-    "enrichment",
-]
+PREDICT_COLUMNS = ["category", "n_amplified", "n_suppressed", "n", "predicted", "score", "direction"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,8 +166,17 @@ def ground_truth(
     n_boot: int = 2000,
     seed: int = 0,
     categories: Sequence[str] | None = None,
+    reference: str | None = None,
 ) -> pd.DataFrame:
     """Per category: n, base_mean, ft_mean, delta (ft − base), p_value, significant, affected, direction.
+
+    With ``reference`` (the benchmark's general, untagged category) the effect of a category is
+    *specific*: its change beyond the reference's change, ``delta_c − delta_ref``, tested by
+    :func:`specific_p` (a fine-tune that teaches the benchmark's format moves every category by
+    about the same amount, which says nothing about the intervention). Then ``delta``,
+    ``p_value``, ``significant``, ``affected`` and ``direction`` are the specific ones and the raw
+    change stays beside them as ``raw_delta``, ``raw_p_value``, ``raw_affected``. Without a
+    reference row in the items the raw change is used (``reference`` is then reported as None).
 
     ``affected = |delta| >= threshold and p_value < alpha``; ``direction`` is ``sign(delta)`` for
     affected categories, else 0. ``categories`` adds categories without items (n = 0, NaN stats,
@@ -233,7 +232,66 @@ def ground_truth(
                 "direction": int(np.sign(delta)) if affected else 0,
             }
         )
-    return pd.DataFrame(rows, columns=GROUND_TRUTH_COLUMNS)
+    out = pd.DataFrame(rows, columns=GROUND_TRUTH_COLUMNS)
+    out["raw_delta"], out["raw_p_value"], out["raw_affected"] = out["delta"], out["p_value"], out["affected"]
+    out["reference"] = None
+    ref = groups.get(str(reference)) if reference is not None else None
+    if ref is None or ref.empty:
+        return out
+    for i, cat in enumerate(out["category"]):
+        g = groups.get(str(cat))
+        if g is None or g.empty or str(cat) == str(reference):
+            continue
+        delta, p = specific_change(g, ref, aggregate, n_boot, _category_seed(seed, f"{cat}-{reference}"))
+        significant = bool(not math.isnan(p) and p < alpha)
+        affected = bool(significant and abs(delta) >= threshold)
+        out.loc[i, ["delta", "p_value", "significant", "affected", "direction"]] = [
+            delta,
+            p,
+            significant,
+            affected,
+            int(np.sign(delta)) if affected else 0,
+        ]
+    out["reference"] = str(reference)
+    return out
+
+
+def specific_change(
+    g: pd.DataFrame, ref: pd.DataFrame, aggregate: bool, n_boot: int, rng: np.random.Generator
+) -> tuple[float, float]:
+    """``(delta_c − delta_ref, two-sided p)`` of a category's change beyond the reference's.
+
+    Item-level results: a bootstrap that resamples the paired differences of both groups
+    independently (different items), p as in :func:`bootstrap_p`. Per-task aggregates: a z-test on
+    the difference of the two accuracy changes, each change's variance from its two proportions.
+    """
+    if aggregate:
+
+        def change(h: pd.DataFrame) -> tuple[float, float]:
+            n_b, n_f = float(h["n_base"].sum()), float(h["n_ft"].sum())
+            p_b = float((h["base"] * h["n_base"]).sum()) / n_b
+            p_f = float((h["ft"] * h["n_ft"]).sum()) / n_f
+            return p_f - p_b, p_b * (1 - p_b) / n_b + p_f * (1 - p_f) / n_f
+
+        (d_c, v_c), (d_r, v_r) = change(g), change(ref)
+        se = math.sqrt(v_c + v_r)
+        delta = d_c - d_r
+        return delta, (1.0 if delta == 0 else 0.0) if se == 0 else float(2 * stats.norm.sf(abs(delta) / se))
+    dc = g["ft"].to_numpy(float) - g["base"].to_numpy(float)
+    dr = ref["ft"].to_numpy(float) - ref["base"].to_numpy(float)
+    delta = float(dc.mean() - dr.mean())
+    chunk = max(1, int(2_000_000 // max(dc.size + dr.size, 1)))
+    means = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        ic = rng.integers(0, dc.size, size=(stop - start, dc.size))
+        ir = rng.integers(0, dr.size, size=(stop - start, dr.size))
+        means[start:stop] = dc[ic].mean(axis=1) - dr[ir].mean(axis=1)
+    if np.all(means == 0):
+        return delta, 1.0
+    lo = (np.sum(means <= 0) + 1) / (n_boot + 1)
+    hi = (np.sum(means >= 0) + 1) / (n_boot + 1)
+    return delta, float(min(1.0, 2 * min(lo, hi)))
 
 
 def _aggregate_row(cat: str, g: pd.DataFrame, threshold: float, alpha: float) -> dict[str, Any]:
@@ -273,64 +331,28 @@ def _evidence_mask(labels: pd.Series, general_category: str | None) -> pd.Series
 
 
 def predict(
-    categories_df: pd.DataFrame,
+    labels_df: pd.DataFrame,
     categories: Sequence[str],
     min_latents: int = 1,
-    method: str = "count",
-    enrichment: float = 2.0,
-    controls: pd.DataFrame | None = None,
     general_category: str | None = "general",
     column: str = "category",
 ) -> pd.DataFrame:
-    """F13 per category: n_amplified, n_suppressed, n, predicted, direction (+ enrichment columns).
+    """F13 count rule per category: ``n_amplified``, ``n_suppressed``, ``n``, ``predicted``
+    (``n >= min_latents``), ``score`` (= ``n``) and ``direction`` (``sign(n_amplified - n_suppressed)``).
 
-    ``categories_df`` has ``latent``, ``direction`` and the mapping column ``column``. Flagged
-    latents are the amplified and suppressed ones; latents mapped to ``none`` / NaN or to
-    ``general_category`` are never evidence.
-
-    - ``count``: predicted when ``n_amplified + n_suppressed >= min_latents``.
-    - ``enrichment``: share of flagged latents mapped to c (denominator: all flagged latents)
-      over the share of control latents mapped to c; control latents are ``controls`` (same
-      mapping column) or, by default, the ``unchanged`` rows of ``categories_df``. Predicted when
-      ``ratio >= enrichment`` and ``n >= 1`` (ratio = inf when no control maps to c).
-
-    Direction (see module doc): ``sign(n_amplified - n_suppressed)`` for predicted categories, else 0.
+    ``labels_df`` has ``latent``, ``direction`` and the label column ``column``; latents labelled
+    ``none`` / NaN or ``general_category`` are never evidence.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {list(METHODS)}")
-    df = categories_df
-    labels = df[column]
-    ok = _evidence_mask(labels, general_category)
+    df = labels_df
+    ok = _evidence_mask(df[column], general_category)
     direction = df["direction"].astype("object")
     amp = df[ok & (direction == "amplified")][column].astype(str).value_counts()
     sup = df[ok & (direction == "suppressed")][column].astype(str).value_counts()
-    n_flagged = int(direction.isin(FLAGGED).sum())
-    ctrl_counts: pd.Series | None = None
-    n_ctrl = 0
-    if method == "enrichment":
-        ctrl = controls if controls is not None else df[direction == CONTROL]
-        n_ctrl = int(len(ctrl))
-        if n_ctrl == 0:
-            raise ValueError("enrichment prediction needs control (unchanged) latents; none given")
-        cok = _evidence_mask(ctrl[column], general_category)
-        ctrl_counts = ctrl[cok][column].astype(str).value_counts()
     rows = []
     for cat in categories:
-        c = str(cat)
-        n_amp, n_sup = int(amp.get(c, 0)), int(sup.get(c, 0))
+        n_amp, n_sup = int(amp.get(str(cat), 0)), int(sup.get(str(cat), 0))
         n = n_amp + n_sup
-        share_f = share_c = ratio = np.nan
-        if method == "count":
-            predicted = n >= min_latents
-        else:
-            assert ctrl_counts is not None
-            share_f = n / n_flagged if n_flagged else 0.0
-            share_c = int(ctrl_counts.get(c, 0)) / n_ctrl
-            if share_c > 0:
-                ratio = share_f / share_c
-            else:
-                ratio = math.inf if share_f > 0 else np.nan
-            predicted = bool(n >= 1 and not math.isnan(ratio) and ratio >= enrichment)
+        predicted = n >= min_latents
         rows.append(
             {
                 "category": cat,
@@ -338,13 +360,22 @@ def predict(
                 "n_suppressed": n_sup,
                 "n": n,
                 "predicted": bool(predicted),
+                "score": float(n),
                 "direction": int(np.sign(n_amp - n_sup)) if predicted else 0,
-                "share_flagged": share_f,
-                "share_control": share_c,
-                "enrichment": ratio,
             }
         )
     return pd.DataFrame(rows, columns=PREDICT_COLUMNS)
+
+
+def provenance_lift_labels(category_mass: pd.DataFrame, prior: pd.Series) -> pd.Series:
+    """latent -> the category whose share of the latent's activation mass is largest *relative to
+    the category's share of the corpus tokens* (``prior``, by category); raw shares would give
+    every latent to the biggest categories. Ties by name."""
+    g = category_mass[category_mass["category"].astype(str).isin(prior.index)].copy()
+    g["lift"] = g["share"].astype(float) / g["category"].astype(str).map(prior).astype(float)
+    g = g.sort_values(["latent", "lift", "category"], ascending=[True, False, True])
+    top = g.drop_duplicates("latent", keep="first")
+    return pd.Series(top["category"].astype(str).to_numpy(), index=top["latent"].astype(int).to_numpy())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +397,10 @@ def _finish(acc: float, prec: float, rec: float, tp, fp, fn, tn, n) -> dict[str,
         "accuracy": acc,
         "precision": prec,
         "recall": rec,
-        "f1": _f1(prec, rec),
+        # F1 = 2tp / (2tp + fp + fn): 0 when nothing was found though something was there (or
+        # something was predicted that was not), undefined only when there was nothing to find and
+        # nothing was predicted
+        "f1": _f1(prec, rec) if (tp + fp + fn) == 0 or tp > 0 else 0.0,
         "tp": tp,
         "fp": fp,
         "fn": fn,
@@ -413,122 +447,79 @@ def random_expected_metrics(prevalence: float, n: int) -> dict[str, Any]:
     return out
 
 
-def direction_metrics(
-    truth_dir: pd.Series | Sequence[int], pred_dir: pd.Series | Sequence[int]
-) -> dict[str, Any]:
-    """Direction-aware scores over units with labels in {−1, 0, +1}.
+def auroc(labels: Sequence[bool], scores: Sequence[float]) -> float:
+    """Area under the ROC curve of ``scores`` for ``labels`` (Mann-Whitney, ties count one half);
+    NaN scores rank lowest; NaN when one class is empty."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=float)
+    s = np.where(np.isnan(s), -np.inf, s)
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))
 
-    ``direction_accuracy``: share of units whose 3-way label matches. ``sign_agreement``: among
-    units where both truth and prediction are non-zero, share with the same sign (NaN if none);
-    ``n_both`` is that count.
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation over the pairs where both are finite (NaN if < 3 or constant)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x[ok], y[ok]).statistic)
+
+
+def score_predictor(truth: pd.DataFrame, pred: pd.DataFrame, target: Sequence[str] = ()) -> dict[str, Any]:
+    """Every metric of one predictor against the ground truth.
+
+    ``truth`` has ``category, affected, direction, delta``; ``pred`` has ``category, predicted``
+    and optionally ``score`` (for AUROC against affected and Spearman against ``|delta|``) and
+    ``direction``. ``all`` covers every category, ``side_effects`` the categories outside
+    ``target`` (the intervention's own categories), ``direction`` the share of categories both
+    predicted and affected whose predicted sign is right (NaN when the predictor gives none).
     """
-    if isinstance(truth_dir, pd.Series) and isinstance(pred_dir, pd.Series):
-        pred_dir = pred_dir.reindex(truth_dir.index)
-    t = np.sign(np.asarray(truth_dir, dtype=float)).astype(int)
-    p = np.sign(np.asarray(pred_dir, dtype=float)).astype(int)
-    both = (t != 0) & (p != 0)
-    n_both = int(both.sum())
-    return {
-        "direction_accuracy": _div(int(np.sum(t == p)), int(t.size)),
-        "sign_agreement": _div(int(np.sum(t[both] == p[both])), n_both),
-        "n_both": n_both,
-        "n": int(t.size),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# baselines
-
-
-def provenance_argmax(category_mass: pd.DataFrame) -> pd.Series:
-    """latent → category with the largest share (ties by name) from category_mass.parquet."""
-    if category_mass is None or category_mass.empty:
-        return pd.Series(dtype=object)
-    g = category_mass[["latent", "category", "share"]].copy()
-    g["share"] = g["share"].astype(float).fillna(0.0)
-    g = g.sort_values(["latent", "share", "category"], ascending=[True, False, True])
-    top = g.drop_duplicates("latent", keep="first")
-    return pd.Series(top["category"].astype(str).to_numpy(), index=top["latent"].astype(int).to_numpy())
-
-
-def decoder_norm_table(
-    attribution: pd.DataFrame,
-    categories_df: pd.DataFrame | None = None,
-    category_mass: pd.DataFrame | None = None,
-) -> pd.DataFrame:
-    """Pseudo category table for the "decoder-norm only" baseline.
-
-    Latents with ``delta_bin`` ft_only (→ amplified) or base_only (→ suppressed), dead ones
-    excluded; each mapped by the pair's category table when the latent is in it with a label,
-    else by the provenance argmax of ``category_mass`` (else ``none``). Column ``source`` says which.
-    """
-    a = attribution
-    keep = a["delta_bin"].isin(["ft_only", "base_only"])
-    if "direction" in a:
-        keep &= a["direction"].astype("object") != "dead"
-    a = a[keep]
-    lat = a["latent"].astype(int).to_numpy()
-    table = pd.Series(dtype=object)
-    if categories_df is not None and not categories_df.empty:
-        c = categories_df.dropna(subset=["category"])
-        table = pd.Series(c["category"].astype(str).to_numpy(), index=c["latent"].astype(int).to_numpy())
-        table = table[~table.index.duplicated()]
-    prov = provenance_argmax(category_mass) if category_mass is not None else pd.Series(dtype=object)
-    cats, source = [], []
-    for j in lat:
-        if j in table.index:
-            cats.append(table[j])
-            source.append("table")
-        elif j in prov.index:
-            cats.append(prov[j])
-            source.append("provenance")
-        else:
-            cats.append(NONE_LABEL)
-            source.append("none")
-    direction = np.where(a["delta_bin"].to_numpy() == "ft_only", "amplified", "suppressed")
-    return pd.DataFrame({"latent": lat, "direction": direction, "category": cats, "source": source})
-
-
-def baselines(
-    truth: pd.Series,
-    categories: Sequence[str] | None = None,
-    categories_df: pd.DataFrame | None = None,
-    attribution: pd.DataFrame | None = None,
-    category_mass: pd.DataFrame | None = None,
-    min_latents: int = 1,
-    general_category: str | None = "general",
-    seed: int = 0,
-) -> dict[str, dict[str, Any]]:
-    """Baseline metrics: all_positive, random_at_prevalence (analytic expectation),
-    random_at_prevalence_draw (one seeded draw), decoder_norm_only (needs ``attribution``),
-    provenance_only (needs ``categories_df`` with ``category_provenance``), oracle (pred = truth).
-
-    ``truth`` is a bool Series indexed by category; ``categories`` defaults to its index.
-    """
-    cats = list(categories) if categories is not None else list(truth.index)
-    truth = truth.reindex(cats).fillna(False).astype(bool)
-    n = len(cats)
-    prev = float(truth.mean()) if n else float("nan")
-    out: dict[str, dict[str, Any]] = {}
-    out["all_positive"] = metrics(truth, pd.Series(True, index=truth.index))
-    out["random_at_prevalence"] = random_expected_metrics(prev, n)
-    rng = np.random.default_rng(seed)
-    out["random_at_prevalence_draw"] = metrics(truth, pd.Series(rng.random(n) < prev, index=truth.index))
-    if attribution is not None:
-        dn = decoder_norm_table(attribution, categories_df, category_mass)
-        pr = predict(dn, cats, min_latents=min_latents, general_category=general_category)
-        out["decoder_norm_only"] = metrics(truth, pd.Series(pr["predicted"].to_numpy(), index=cats))
-    if categories_df is not None and "category_provenance" in categories_df:
-        pr = predict(
-            categories_df,
-            cats,
-            min_latents=min_latents,
-            general_category=general_category,
-            column="category_provenance",
+    t = truth.set_index(truth["category"].astype(str))
+    p = pred.set_index(pred["category"].astype(str)).reindex(t.index)
+    out: dict[str, Any] = {}
+    side = ~t.index.isin([str(c) for c in target])
+    for name, mask in (("all", np.ones(len(t), bool)), ("side_effects", side)):
+        tt, pp = t[mask], p[mask]
+        m = metrics(
+            tt["affected"].astype(bool).to_numpy(), pp["predicted"].fillna(False).astype(bool).to_numpy()
         )
-        out["provenance_only"] = metrics(truth, pd.Series(pr["predicted"].to_numpy(), index=cats))
-    out["oracle"] = metrics(truth, truth)
+        if "score" in pp:
+            m["auroc"] = auroc(tt["affected"].to_numpy(bool), pp["score"].to_numpy(float))
+            m["spearman"] = spearman(pp["score"].to_numpy(float), np.abs(tt["delta"].to_numpy(float)))
+        out[name] = m
+    both = t["affected"].astype(bool) & p["predicted"].fillna(False).astype(bool)
+    if "direction" in p and (p["direction"].fillna(0) != 0).any():
+        right = int((np.sign(p.loc[both, "direction"]) == np.sign(t.loc[both, "direction"])).sum())
+        out["direction"] = {"accuracy": _div(right, int(both.sum())), "n": int(both.sum())}
+    else:
+        out["direction"] = {"accuracy": float("nan"), "n": int(both.sum())}
     return out
+
+
+def constant_predictions(truth: pd.DataFrame, kind: str, seed: int = 0) -> pd.DataFrame:
+    """The reference predictors: ``all_positive``, ``random`` (one seeded draw at the truth's
+    prevalence, random scores) and ``oracle`` (the truth, scored by ``|delta|``)."""
+    cats = truth["category"].astype(str).to_numpy()
+    affected = truth["affected"].astype(bool).to_numpy()
+    if kind == "all_positive":
+        return pd.DataFrame({"category": cats, "predicted": True, "score": 1.0, "direction": 0})
+    if kind == "random":
+        rng = np.random.default_rng(seed)
+        score = rng.random(len(cats))
+        return pd.DataFrame(
+            {"category": cats, "predicted": score < affected.mean(), "score": score, "direction": 0}
+        )
+    if kind == "oracle":
+        score = np.abs(truth["delta"].to_numpy(float)) * affected
+        return pd.DataFrame(
+            {"category": cats, "predicted": affected, "score": score, "direction": truth["direction"]}
+        )
+    raise ValueError(f"unknown reference predictor {kind!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,34 +554,116 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def predictor_tables(
+    categories: Sequence[str],
+    *,
+    attribution: pd.DataFrame,
+    category_mass: pd.DataFrame,
+    activation_diff: pd.DataFrame,
+    labels: pd.DataFrame | None = None,
+    context_membership: pd.DataFrame | None = None,
+    general_category: str = "general",
+    z_pred: float = 3.0,
+    min_latents: int = 1,
+) -> dict[str, pd.DataFrame]:
+    """Every predictor's per-category table (``category, predicted, score, direction, ...``), from
+    the pair's own files only: mneme's routes (those whose inputs are given) and the baselines
+    that are not constant. See :mod:`mneme.prediction` for the routes."""
+    from mneme import prediction as pr
+
+    cats = list(categories)
+    every = cats + [general_category]
+    change = pr.eligible_change(attribution)
+    effect = pd.Series(attribution["effect"].to_numpy(), index=attribution["latent"].to_numpy(int))
+    mass = pr.membership_from_long(category_mass, "mass")
+    out = {"mneme_provenance": pr.category_scores(change, mass, every, effect=effect, z_pred=z_pred)}
+    if context_membership is not None and len(context_membership):
+        member = pr.membership_from_long(context_membership, "weight")
+        out["mneme_contexts"] = pr.category_scores(change, member, every, effect=effect, z_pred=z_pred)
+    if labels is not None and len(labels):
+        lab = labels.set_index(labels["latent"].astype(int))["category"]
+        member = pr.single_label_membership(lab)
+        out["mneme_explanations"] = pr.category_scores(
+            change.reindex(member.index).dropna(), member, every, effect=effect, z_pred=z_pred
+        )
+    out = {k: v[v["category"].isin(cats)].reset_index(drop=True) for k, v in out.items()}
+    out["activation_diff"] = pr.activation_diff_scores(activation_diff, cats, general_category)
+    dn = pr.category_scores(pr.decoder_norm_change(attribution), mass, every, z_pred=z_pred)
+    out["decoder_norm_only"] = dn[dn["category"].isin(cats)].reset_index(drop=True)
+    prior = activation_diff.set_index(activation_diff["category"].astype(str))["n_tokens"].astype(float)
+    prior = prior / prior.sum()
+    prov = provenance_lift_labels(category_mass, prior)
+    flagged = attribution[attribution["direction"].isin(FLAGGED)]
+    table = pd.DataFrame(
+        {"latent": flagged["latent"].to_numpy(int), "direction": flagged["direction"].to_numpy()}
+    )
+    table["category"] = table["latent"].map(prov)
+    out["provenance_only"] = predict(table, cats, min_latents=min_latents, general_category=general_category)
+    return out
+
+
+# what each predictor uses: the report and the tables label them so
+PREDICTOR_USES = {
+    "mneme_provenance": "crosscoder + corpus labels",
+    "mneme_contexts": "crosscoder, label-free (top contexts)",
+    "mneme_explanations": "crosscoder, label-free (LLM explanations)",
+    "activation_diff": "activations + corpus labels, no crosscoder",
+    "decoder_norm_only": "crosscoder decoder norms + corpus labels",
+    "provenance_only": "crosscoder flags (F13 count) + corpus labels",
+    "all_positive": "nothing",
+    "random_at_prevalence": "the truth's prevalence (expected value)",
+    "oracle": "the benchmark (upper bound)",
+}
+
+
+def _random_expected(truth: pd.DataFrame, target: Sequence[str]) -> dict[str, Any]:
+    """Expected metrics of a random predictor at the prevalence of each subset (AUROC 0.5)."""
+    out: dict[str, Any] = {}
+    side = ~truth["category"].astype(str).isin([str(c) for c in target])
+    for name, mask in (("all", np.ones(len(truth), bool)), ("side_effects", side.to_numpy())):
+        aff = truth["affected"].astype(bool).to_numpy()[mask]
+        m = random_expected_metrics(float(aff.mean()) if aff.size else float("nan"), int(aff.size))
+        m["auroc"], m["spearman"] = 0.5, 0.0
+        out[name] = m
+    out["direction"] = {"accuracy": float("nan"), "n": 0}
+    return out
+
+
 def evaluate_pair(
     base_items: pd.DataFrame,
     ft_items: pd.DataFrame,
-    categories_df: pd.DataFrame,
+    *,
+    attribution: pd.DataFrame,
+    category_mass: pd.DataFrame,
+    activation_diff: pd.DataFrame,
+    labels: pd.DataFrame | None = None,
+    context_membership: pd.DataFrame | None = None,
+    target: Sequence[str] = (),
     categories: Sequence[str] | None = None,
-    attribution: pd.DataFrame | None = None,
-    category_mass: pd.DataFrame | None = None,
     task: str = "multiple_choice",
     threshold: float = 0.05,
     test: str = "bootstrap",
     alpha: float = 0.05,
     n_boot: int = 2000,
-    method: str = "count",
+    truth: str = "specific",
+    route: str = "provenance",
+    z_pred: float = 3.0,
     min_latents: int = 1,
-    enrichment: float = 2.0,
-    controls: pd.DataFrame | None = None,
-    general_category: str | None = "general",
+    general_category: str = "general",
     seed: int = 0,
     meta: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Ground truth + F13 prediction + metrics (mneme and baselines) for one model pair.
+    """Ground truth, every predictor and its metrics for one model pair (JSON-serialisable).
 
     ``categories`` (the evaluation units) defaults to the categories of the benchmark items of
-    ``task`` minus ``general_category``. Returns a JSON-serialisable dict with keys ``config``,
-    ``categories``, ``prevalence``, ``per_category`` (one record per category: truth columns,
-    prediction columns prefixed ``pred_``), ``metrics`` (``mneme`` and each baseline) and
-    ``direction`` (direction-aware scores of mneme).
+    ``task`` minus ``general_category``. ``route`` names the mneme route reported as ``mneme``.
+    Keys: ``config``, ``meta``, ``categories``, ``target``, ``prevalence`` (all / side effects),
+    ``ground_truth`` (per category, raw and specific change), ``per_category`` (truth beside the
+    ``mneme`` prediction), ``predictors`` (per predictor: what it uses, its table and metrics),
+    ``metrics`` (per predictor, all categories), ``side_effect_metrics`` and ``direction``.
     """
+    if truth not in GROUND_TRUTHS:
+        raise ValueError(f"evaluate.truth must be one of {GROUND_TRUTHS}, got {truth!r}")
     if categories is None:
         cats = sorted(set(base_items.loc[base_items["task"] == task, "category"].astype(str)))
         cats = [c for c in cats if c != general_category]
@@ -606,42 +679,56 @@ def evaluate_pair(
         n_boot=n_boot,
         seed=seed,
         categories=cats,
+        reference=general_category if truth == "specific" else None,
     )
-    pr = predict(
-        categories_df,
+    tables = predictor_tables(
         cats,
-        min_latents=min_latents,
-        method=method,
-        enrichment=enrichment,
-        controls=controls,
+        attribution=attribution,
+        category_mass=category_mass,
+        activation_diff=activation_diff,
+        labels=labels,
+        context_membership=context_membership,
         general_category=general_category,
+        z_pred=z_pred,
+        min_latents=min_latents,
     )
-    truth = pd.Series(gt["affected"].to_numpy(bool), index=cats)
-    pred = pd.Series(pr["predicted"].to_numpy(bool), index=cats)
-    table = gt.merge(pr.add_prefix("pred_").rename(columns={"pred_category": "category"}), on="category")
-    table = table.rename(columns={"affected": "truth", "pred_predicted": "prediction"})
-    mets = {"mneme": metrics(truth, pred)}
-    mets.update(
-        baselines(
-            truth,
-            cats,
-            categories_df=categories_df,
-            attribution=attribution,
-            category_mass=category_mass,
-            min_latents=min_latents,
-            general_category=general_category,
-            seed=seed,
-        )
-    )
+    key = f"mneme_{route}"
+    if key not in tables:
+        raise ValueError(f"evaluate.route {route!r} has no inputs for this pair (have {sorted(tables)})")
+    tables = {"mneme": tables[key], **tables}
+    for kind in ("all_positive", "oracle"):
+        tables[kind] = constant_predictions(gt, kind)
+    target = [str(c) for c in target]
+    predictors: dict[str, Any] = {}
+    for name, table in tables.items():
+        uses = PREDICTOR_USES.get(name, PREDICTOR_USES[key] if name == "mneme" else "")
+        predictors[name] = {
+            "uses": uses,
+            "per_category": table,
+            "metrics": score_predictor(gt, table, target),
+        }
+    predictors["random_at_prevalence"] = {
+        "uses": PREDICTOR_USES["random_at_prevalence"],
+        "per_category": [],
+        "metrics": _random_expected(gt, target),
+    }
+    mn = tables["mneme"].set_index("category")
+    table = gt.copy()
+    table["prediction"] = table["category"].map(mn["predicted"]).fillna(False).astype(bool)
+    table["pred_score"] = table["category"].map(mn["score"])
+    table["pred_direction"] = table["category"].map(mn["direction"]).fillna(0).astype(int)
+    table = table.rename(columns={"affected": "truth"})
+    side = ~gt["category"].astype(str).isin(target)
     config = {
         "task": task,
         "threshold": threshold,
         "test": test,
         "alpha": alpha,
         "n_boot": n_boot,
-        "method": method,
+        "truth": truth,
+        "route": route,
+        "z_pred": z_pred,
         "min_latents": min_latents,
-        "enrichment": enrichment,
         "general_category": general_category,
         "seed": seed,
     }
@@ -649,9 +736,16 @@ def evaluate_pair(
         "config": config,
         "meta": dict(meta or {}),
         "categories": cats,
-        "prevalence": float(truth.mean()) if len(cats) else float("nan"),
+        "target": target,
+        "prevalence": {
+            "all": float(gt["affected"].mean()) if len(gt) else float("nan"),
+            "side_effects": float(gt.loc[side, "affected"].mean()) if side.any() else float("nan"),
+        },
+        "ground_truth": gt,
         "per_category": table,
-        "metrics": mets,
-        "direction": direction_metrics(gt["direction"].to_numpy(), pr["direction"].to_numpy()),
+        "predictors": predictors,
+        "metrics": {k: v["metrics"]["all"] for k, v in predictors.items()},
+        "side_effect_metrics": {k: v["metrics"]["side_effects"] for k, v in predictors.items()},
+        "direction": predictors["mneme"]["metrics"]["direction"],
     }
     return to_jsonable(out)

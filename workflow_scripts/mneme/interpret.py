@@ -47,7 +47,7 @@ log = logging.getLogger("mneme.interpret")
 DEFAULTS: dict[str, Any] = {
     "backend": "vllm",  # vllm | openai | keywords
     "top_k": 100,  # latents per direction, by attribution strength (0: all)
-    "directions": ["amplified", "suppressed"],
+    "directions": ["amplified", "suppressed", "unchanged"],
     "score": False,  # detection scoring (F15): 1 + ceil((n_pos + n_neg) / batch_size) requests per latent
     "explainer_id": None,  # cache key for the explainer; default "<backend>:<model>"
     "on_error": "raise",  # raise | skip: what to do when a request still fails after retries

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from mneme.activation_store import PairedStores, iter_row_batches
-from mneme.attribution import beta_column
+from mneme.contracts import beta_column
 from mneme.crosscoder import CrossCoder, load_crosscoder, row_offsets
 from mneme.paired_loader import split_train_val
 

@@ -474,7 +474,7 @@ def _direction_deltas(pair: PairData) -> dict[str, np.ndarray]:
 
 
 def _delta_bin_table(pair: PairData, live: pd.DataFrame) -> str:
-    from mneme.attribution import DELTA_BINS
+    from mneme.contracts import DELTA_BINS
 
     live_counts = live["delta_bin"].value_counts() if "delta_bin" in live else pd.Series(dtype=int)
     all_counts = (pair.summary or {}).get("delta_bins") or {}

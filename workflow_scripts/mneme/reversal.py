@@ -44,8 +44,8 @@ import torch
 import zarr
 
 from mneme.attribution import RATIO_FLOOR
+from mneme.contracts import NO_CATEGORY
 from mneme.evaluation import NONE_LABEL, provenance_argmax
-from mneme.latent_stats import NO_CATEGORY
 from mneme.models import load_causal_lm, pick_device
 from mneme.organism import _Batches, lm_loss
 

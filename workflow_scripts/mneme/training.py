@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from mneme.activation_store import PairedStores, iter_row_batches
+from mneme.contracts import NON_TRAJECTORY_KEYS
 from mneme.crosscoder import (
     CrossCoder,
     load_crosscoder,
@@ -56,9 +57,6 @@ CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
 VALIDATION_FILE = "validation.json"
-
-# options that do not change the trained weights (a checkpoint stays usable if they change)
-_NON_TRAJECTORY_KEYS = ("checkpoint_every", "log_every", "prefetch_batches", "device")
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -278,7 +276,7 @@ def evaluate_crosscoder(
 
 
 def _fingerprint(cfg: CrosscoderTrainConfig, stores: PairedStores) -> dict:
-    c = {k: v for k, v in cfg.to_dict().items() if k not in _NON_TRAJECTORY_KEYS}
+    c = {k: v for k, v in cfg.to_dict().items() if k not in NON_TRAJECTORY_KEYS}
     return {
         "config": c,
         "n_rows": stores.n_rows,

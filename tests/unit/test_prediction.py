@@ -1,0 +1,283 @@
+"""The per-category decision: scores against straightforward references, on planted latents with
+known category mass and change; the specific ground truth; metrics; the suite tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from mneme import evaluation as ev
+from mneme import prediction as pr
+from mneme.suite import sensitivity, suite_table
+
+CATS = ["biology", "chemistry", "law", "music"]
+
+
+def planted_latents(seed: int = 0, n: int = 400):
+    """``n`` latents, each active on one or two categories (or general). Biology latents changed
+    strongly, chemistry latents half as much, the others not. Two biology/chemistry latents span
+    both categories. Returns (attribution, category_mass, truth of which category moved)."""
+    rng = np.random.default_rng(seed)
+    names = CATS + ["general"]
+    home = rng.choice(len(names), size=n, p=[0.15, 0.1, 0.1, 0.1, 0.55])
+    change = np.abs(rng.normal(0, 1, n))
+    change[home == 0] += 4.0
+    change[home == 1] += 2.0
+    rows = []
+    for j in range(n):
+        mass = rng.uniform(5, 50)
+        rows.append((j, names[home[j]], mass * 0.9))
+        rows.append((j, "general", mass * 0.1))
+    for j in (0, 1):  # latents spanning biology and chemistry
+        rows += [(j, "chemistry", 40.0), (j, "biology", 40.0)]
+        change[j] = 6.0
+    mass = pd.DataFrame(rows, columns=["latent", "category", "mass"])
+    mass = mass.groupby(["latent", "category"], as_index=False)["mass"].sum()
+    mass["share"] = mass["mass"] / mass.groupby("latent")["mass"].transform("sum")
+    attribution = pd.DataFrame(
+        {
+            "latent": np.arange(n),
+            "direction": np.where(change > 3, "amplified", "unchanged"),
+            "strength": change,
+            "effect": np.where(change > 3, -1, 0),
+            "delta": rng.uniform(0.3, 0.7, n),
+            "log_change": change,
+            "n_contexts": 50,
+            "n_active": 100,
+            "reason": "",
+        }
+    )
+    return attribution, mass
+
+
+def reference_scores(change: dict[int, float], weights: dict[tuple[int, str], float], cats):
+    """Straightforward loops: S_c, S_ref, the u-weighted variance, n_eff and z (module doc)."""
+    u = {j: sum(w for (k, _), w in weights.items() if k == j) for j in change}
+    total = sum(u.values())
+    ref = sum(u[j] * change[j] for j in change) / total
+    var = sum(u[j] * (change[j] - ref) ** 2 for j in change) / total
+    out = {}
+    for c in cats:
+        wc = {j: weights.get((j, c), 0.0) for j in change}
+        sw = sum(wc.values())
+        s_c = sum(wc[j] * change[j] for j in change) / sw
+        n_eff = sw**2 / sum(w * w for w in wc.values())
+        out[c] = (s_c - ref) / np.sqrt(var / n_eff)
+    return out
+
+
+def test_category_scores_match_reference():
+    rng = np.random.default_rng(1)
+    change = {j: float(rng.exponential()) for j in range(30)}
+    weights = {(j, c): float(rng.uniform()) for j in range(30) for c in ("a", "b", "c") if rng.random() < 0.6}
+    long = pd.DataFrame([(j, c, w) for (j, c), w in weights.items()], columns=["latent", "category", "w"])
+    got = pr.category_scores(pd.Series(change), pr.membership_from_long(long, "w"), ["a", "b", "c", "d"])
+    ref = reference_scores(change, weights, ["a", "b", "c"])
+    got = got.set_index("category")
+    for c in ("a", "b", "c"):
+        assert got.loc[c, "score"] == pytest.approx(ref[c])
+    assert np.isnan(got.loc["d", "score"]) and not got.loc["d", "predicted"]
+
+
+def test_planted_categories_are_found_with_their_mass_spread():
+    attribution, mass = planted_latents()
+    change = pr.eligible_change(attribution)
+    effect = pd.Series(attribution["effect"].to_numpy(), index=attribution["latent"])
+    member = pr.membership_from_long(mass, "mass")
+    s = pr.category_scores(change, member, CATS + ["general"], effect=effect).set_index("category")
+    assert s.loc["biology", "predicted"] and s.loc["chemistry", "predicted"]
+    assert not s.loc["law", "predicted"] and not s.loc["music", "predicted"]
+    assert s.loc["biology", "score"] > s.loc["chemistry", "score"] > s.loc["law", "score"]
+    # the flagged latents are disruptions: the predicted direction is "degraded"
+    assert s.loc["biology", "direction"] == -1 and s.loc["chemistry", "direction"] == -1
+    # a hard argmax would give both spanning latents to one category only; the weights count both
+    two = mass[mass["latent"].isin([0, 1])]
+    assert set(two["category"]) >= {"biology", "chemistry"}
+
+
+def test_direction_of_a_planted_strengthening():
+    attribution, mass = planted_latents(seed=3)
+    attribution["effect"] = np.where(attribution["direction"] == "amplified", 1, 0)
+    effect = pd.Series(attribution["effect"].to_numpy(), index=attribution["latent"])
+    s = pr.category_scores(
+        pr.eligible_change(attribution),
+        pr.membership_from_long(mass, "mass"),
+        CATS + ["general"],
+        effect=effect,
+    ).set_index("category")
+    assert s.loc["biology", "direction"] == 1
+
+
+def test_single_label_membership_and_activation_diff_scores():
+    m = pr.single_label_membership(pd.Series(["law", "none", None, "law", "music"], index=[3, 4, 5, 6, 7]))
+    assert m.loc[3, "law"] == 1 and m.loc[4].sum() == 0 and m.loc[7, "music"] == 1
+    table = pd.DataFrame({"category": ["law", "music", "general"], "mean_rel_diff": [0.3, 0.1, 0.2]})
+    s = pr.activation_diff_scores(table, ["law", "music", "physics"], "general").set_index("category")
+    assert s.loc["law", "score"] == pytest.approx(0.5) and s.loc["law", "predicted"]
+    assert not s.loc["music", "predicted"] and np.isnan(s.loc["physics", "score"])
+
+
+def test_decoder_norm_change():
+    a = pd.DataFrame(
+        {"latent": [0, 1, 2], "direction": ["unchanged", "dead", "amplified"], "delta": [0.5, 1, 0.9]}
+    )
+    assert pr.decoder_norm_change(a).to_dict() == pytest.approx({0: 0.0, 2: 0.8})
+
+
+def test_auroc_and_spearman_against_references():
+    rng = np.random.default_rng(0)
+    y = rng.random(40) < 0.4
+    s = np.round(rng.normal(size=40) + y, 1)  # rounded: ties
+    assert ev.auroc(y, s) == pytest.approx(roc_auc_score(y, s))
+    assert np.isnan(ev.auroc(np.ones(3, bool), [1, 2, 3]))
+    b = rng.normal(size=40)
+    assert ev.spearman(s, b) == pytest.approx(stats.spearmanr(s, b).statistic)
+    assert np.isnan(ev.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def _items(scores: dict[str, np.ndarray]) -> pd.DataFrame:
+    rows = [
+        {"item_id": f"{c}-{i}", "category": c, "task": "definition_loglik", "score": float(v)}
+        for c, arr in scores.items()
+        for i, v in enumerate(arr)
+    ]
+    return pd.DataFrame(rows)
+
+
+def format_shift_items(seed: int = 0):
+    """Every category moves by +0.5 (the benchmark's format learned); chemistry by +1.0."""
+    rng = np.random.default_rng(seed)
+    base = {c: rng.normal(-4, 0.3, 60) for c in CATS + ["general"]}
+    ft = {c: v + 0.5 + rng.normal(0, 0.05, v.size) for c, v in base.items()}
+    ft["chemistry"] = ft["chemistry"] + 0.5
+    return _items(base), _items(ft)
+
+
+def test_specific_ground_truth_removes_the_shared_format_shift():
+    b, f = format_shift_items()
+    raw = ev.ground_truth(b, f, "definition_loglik", 0.1, n_boot=500, categories=CATS).set_index("category")
+    assert raw["affected"].all()
+    spec = ev.ground_truth(b, f, "definition_loglik", 0.1, n_boot=500, categories=CATS, reference="general")
+    spec = spec.set_index("category")
+    assert spec["affected"].tolist() == [False, True, False, False]
+    assert spec.loc["chemistry", "direction"] == 1
+    assert spec.loc["chemistry", "delta"] == pytest.approx(0.5, abs=0.05)
+    assert spec["raw_affected"].all() and (spec["reference"] == "general").all()
+
+
+def test_specific_change_p_against_a_reference_bootstrap():
+    rng = np.random.default_rng(5)
+    g = pd.DataFrame({"base": rng.normal(size=30), "ft": rng.normal(size=30) + 0.3})
+    r = pd.DataFrame({"base": rng.normal(size=40), "ft": rng.normal(size=40)})
+    delta, p = ev.specific_change(g, r, False, 4000, np.random.default_rng(0))
+    dc, dr = (g["ft"] - g["base"]).to_numpy(), (r["ft"] - r["base"]).to_numpy()
+    assert delta == pytest.approx(dc.mean() - dr.mean())
+    se = np.sqrt(dc.var(ddof=1) / dc.size + dr.var(ddof=1) / dr.size)
+    assert p == pytest.approx(2 * stats.norm.sf(abs(delta) / se), abs=0.03)
+
+
+def test_score_predictor_side_effects_and_direction():
+    truth = pd.DataFrame(
+        {
+            "category": CATS,
+            "affected": [True, True, False, False],
+            "direction": [-1, -1, 0, 0],
+            "delta": [-2, -0.3, 0, 0.01],
+        }
+    )
+    pred = pd.DataFrame(
+        {
+            "category": CATS,
+            "predicted": [True, False, True, False],
+            "score": [5, 2, 3, 0],
+            "direction": [-1, 0, 1, 0],
+        }
+    )
+    m = ev.score_predictor(truth, pred, target=["biology"])
+    assert m["all"]["f1"] == pytest.approx(0.5) and m["all"]["auroc"] == pytest.approx(0.75)
+    side = m["side_effects"]
+    assert (side["tp"], side["fp"], side["fn"], side["tn"]) == (0, 1, 1, 1)
+    assert side["auroc"] == pytest.approx(0.5)
+    assert m["direction"] == {"accuracy": 1.0, "n": 1}
+
+
+def evaluation_inputs(seed: int = 0):
+    attribution, mass = planted_latents(seed)
+    b, f = format_shift_items(seed)
+    f.loc[f["category"] == "biology", "score"] -= 2.0  # the target, degraded
+    act = pd.DataFrame(
+        {
+            "category": CATS + ["general"],
+            "n_tokens": [3000, 2000, 2000, 2000, 9000],
+            "mean_rel_diff": [0.9, 0.4, 0.2, 0.2, 0.25],
+        }
+    )
+    labels = attribution[["latent", "direction"]].copy()
+    home = mass.sort_values("mass").drop_duplicates("latent", keep="last").set_index("latent")["category"]
+    labels["category"] = labels["latent"].map(home).where(lambda x: x != "general", "none")
+    ctx = mass.rename(columns={"share": "weight"})[["latent", "category", "weight"]]
+    return (
+        b,
+        f,
+        dict(
+            attribution=attribution,
+            category_mass=mass,
+            activation_diff=act,
+            labels=labels,
+            context_membership=ctx,
+        ),
+    )
+
+
+def test_evaluate_pair_end_to_end_json():
+    b, f, inputs = evaluation_inputs()
+    res = ev.evaluate_pair(
+        b, f, **inputs, target=["biology"], task="definition_loglik", threshold=0.1, n_boot=300
+    )
+    assert json.loads(json.dumps(res, allow_nan=False)) == res
+    assert res["categories"] == sorted(CATS)
+    truth = {r["category"]: r["truth"] for r in res["per_category"]}
+    assert truth == {"biology": True, "chemistry": True, "law": False, "music": False}
+    want = {"mneme", "mneme_provenance", "mneme_contexts", "mneme_explanations", "activation_diff"}
+    want |= {"decoder_norm_only", "provenance_only", "all_positive", "oracle", "random_at_prevalence"}
+    assert set(res["predictors"]) == want
+    assert res["side_effect_metrics"]["mneme"]["f1"] == 1.0  # chemistry found, law and music not
+    assert res["side_effect_metrics"]["oracle"]["auroc"] == 1.0
+    assert res["side_effect_metrics"]["activation_diff"]["tp"] == 1
+    assert res["predictors"]["mneme"]["uses"] == "crosscoder + corpus labels"
+    assert res["prevalence"]["side_effects"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="route"):
+        ev.evaluate_pair(
+            b, f, **{**inputs, "context_membership": None}, route="contexts", task="definition_loglik"
+        )
+
+
+def test_suite_table_and_sensitivity():
+    evaluations, pairs = {}, {}
+    for i, pair in enumerate(("a", "b")):
+        b, f, inputs = evaluation_inputs(seed=i)
+        res = ev.evaluate_pair(
+            b, f, **inputs, target=["biology"], task="definition_loglik", threshold=0.1, n_boot=200
+        )
+        evaluations[pair] = res
+        pairs[pair] = {"evaluation": res, **inputs}
+    table = suite_table(evaluations)
+    mean = table[
+        (table["pair"] == "mean") & (table["predictor"] == "mneme") & (table["scope"] == "side_effects")
+    ]
+    per = table[
+        (table["pair"] != "mean") & (table["predictor"] == "mneme") & (table["scope"] == "side_effects")
+    ]
+    assert mean["f1"].iloc[0] == pytest.approx(per["f1"].mean()) and mean["n_pairs"].iloc[0] == 2
+    grid = sensitivity(pairs, {"z_pred": (1.0, 100.0), "z_cap": (10.0,), "min_contexts": (1, 100)})
+    assert set(grid["route"]) == {"provenance", "contexts", "explanations"} and len(grid) == 12
+    prov = grid[grid["route"] == "provenance"].set_index(["z_pred", "min_contexts"])
+    assert prov.loc[(1.0, 1), "side_effect_f1"] == pytest.approx(1.0)
+    assert prov.loc[(100.0, 1), "side_effect_f1"] == 0.0  # nothing predicted, a chemistry miss
+    # no latent has 100 contexts: no evidence at all, an uninformative score
+    assert prov.loc[(1.0, 100), "side_effect_auroc"] == 0.5 and prov.loc[(1.0, 100), "side_effect_f1"] == 0

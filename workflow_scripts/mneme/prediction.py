@@ -1,0 +1,156 @@
+"""From attributed latents to a per-category prediction: scores, a decision and a direction.
+
+The evidence for a category ``c`` is how much the latents that belong to ``c`` changed, compared
+with how much latents changed at all. For latent ``j`` the change ``c_j >= 0`` is its attribution
+strength (:mod:`mneme.attribution`: the capped robust z of its log beta ratio) and its membership
+``w_jc >= 0`` comes from one of three *routes*:
+
+- ``provenance`` (needs corpus labels): ``w_jc`` = the latent's activation mass on the tokens of
+  category ``c``'s documents. Then ``S_c`` below is the activation-weighted mean change of the
+  features active on ``c``'s text, the latent-space form of the activation-difference lens. Every
+  category of a latent counts, in proportion (a latent spanning biology and chemistry is evidence
+  for both), and big categories do not win by size: ``S_c`` is a mean, not a sum.
+- ``contexts`` (label-free): ``w_jc`` from sentence embeddings of the latent's top-activating
+  contexts against the category descriptions (:mod:`mneme.context_mapping`), several categories
+  per latent allowed.
+- ``explanations`` (label-free, the paper's route): ``w_jc`` from the mapping of the latent's
+  LLM explanation (categories.parquet); only explained latents have one.
+
+Score (:func:`category_scores`): ``S_c = sum_j w_jc c_j / sum_j w_jc`` against the reference
+``S_ref = sum_j u_j c_j / sum_j u_j`` with ``u_j = sum_c w_jc`` over every category (the general
+one included). The null is "change unrelated to membership": permuting the ``c_j`` over the
+latents gives ``Var(S_c) ~ var_u(c) / n_eff_c`` with ``n_eff_c = (sum_j w_jc)^2 / sum_j w_jc^2``, so
+``z_c = (S_c - S_ref) / sqrt(var_u(c) / n_eff_c)``. A category is predicted when ``z_c >= z_pred``.
+The latents that did not change make up most of the permutation population, so they are the null.
+
+Direction: each changed latent carries an effect ``e_j`` (``-1`` a lost base feature or a new
+direction with no base counterpart, ``+1`` a strengthened existing feature; see
+:mod:`mneme.attribution`), and a predicted category's direction is the sign of
+``sum_j w_jc c_j e_j``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mneme.contracts import NO_CATEGORY
+
+ROUTES = ("provenance", "contexts", "explanations")
+# what each route needs, as the report and the tables label it
+ROUTE_USES = {
+    "provenance": "corpus labels",
+    "contexts": "label-free (top contexts)",
+    "explanations": "label-free (LLM explanations)",
+}
+SCORE_COLUMNS = ["category", "score", "lift", "n_eff", "weight", "predicted", "direction", "signed"]
+
+
+def membership_from_long(
+    table: pd.DataFrame, weight: str, latents: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """A wide ``latent x category`` membership from a long ``latent, category, <weight>`` table;
+    ``NO_CATEGORY`` and the ``none`` label are dropped, missing cells are 0."""
+    t = table[~table["category"].astype(str).isin([NO_CATEGORY, "none"])]
+    wide = t.pivot_table(index="latent", columns="category", values=weight, aggfunc="sum", fill_value=0.0)
+    if latents is not None:
+        wide = wide.reindex(pd.Index(latents, name="latent"), fill_value=0.0)
+    return wide.astype(float)
+
+
+def single_label_membership(labels: pd.Series) -> pd.DataFrame:
+    """Weight 1 on each latent's label (index: latent); ``none`` / NaN rows have no membership."""
+    lab = labels.dropna().astype(str)
+    lab = lab[lab != "none"]
+    long = pd.DataFrame({"latent": lab.index.astype(int), "category": lab.to_numpy(), "w": 1.0})
+    return membership_from_long(long, "w", latents=labels.index.astype(int))
+
+
+def category_scores(
+    change: pd.Series,
+    membership: pd.DataFrame,
+    categories: Sequence[str],
+    *,
+    effect: pd.Series | None = None,
+    z_pred: float = 3.0,
+) -> pd.DataFrame:
+    """Per category: ``score`` (z against the permutation null), ``lift`` (``S_c / S_ref - 1``),
+    ``n_eff``, ``weight`` (``sum_j w_jc``), ``predicted``, ``direction`` and ``signed`` (the
+    change-weighted mean effect); see the module docstring.
+
+    ``change`` (index: latent) holds ``c_j`` for the eligible latents (NaN rows are dropped);
+    ``membership`` is ``latent x category``; ``effect`` (index: latent) the ``e_j``, default 0.
+    A category without membership gets score NaN and is not predicted.
+    """
+    c = change.dropna().astype(float)
+    w = membership.reindex(c.index, fill_value=0.0)
+    u = w.sum(axis=1).to_numpy()
+    cv = c.to_numpy()
+    e = (effect.reindex(c.index).fillna(0).to_numpy(float)) if effect is not None else np.zeros(len(c))
+    rows = []
+    total = u.sum()
+    ref = float(u @ cv / total) if total > 0 else np.nan
+    var = float(u @ (cv - ref) ** 2 / total) if total > 0 else np.nan
+    for cat in categories:
+        wc = w[cat].to_numpy() if cat in w.columns else np.zeros(len(c))
+        sw = float(wc.sum())
+        if sw <= 0 or not np.isfinite(ref):
+            rows.append(dict(zip(SCORE_COLUMNS, [cat, np.nan, np.nan, 0.0, 0.0, False, 0, np.nan])))
+            continue
+        s_c = float(wc @ cv / sw)
+        n_eff = sw * sw / float(wc @ wc)
+        z = (s_c - ref) / np.sqrt(var / n_eff) if var > 0 else 0.0
+        mass = wc * cv
+        signed = float(mass @ e / mass.sum()) if mass.sum() > 0 else 0.0
+        predicted = bool(z >= z_pred)
+        rows.append(
+            {
+                "category": cat,
+                "score": float(z),
+                "lift": s_c / ref - 1 if ref > 0 else np.nan,
+                "n_eff": n_eff,
+                "weight": sw,
+                "predicted": predicted,
+                "direction": int(np.sign(signed)) if predicted else 0,
+                "signed": signed,
+            }
+        )
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def eligible_change(attribution: pd.DataFrame, column: str = "strength") -> pd.Series:
+    """``c_j`` of the live latents (``direction != dead``) with a finite ``column``, by latent."""
+    a = attribution[(attribution["direction"] != "dead") & np.isfinite(attribution[column].astype(float))]
+    return pd.Series(a[column].to_numpy(float), index=a["latent"].to_numpy(int))
+
+
+def decoder_norm_change(attribution: pd.DataFrame) -> pd.Series:
+    """The decoder-norm-only change ``|2 Delta - 1|`` (0 shared, 1 specific to one model) of the
+    live latents: the crosscoder without latent scaling."""
+    a = attribution[attribution["direction"] != "dead"]
+    return pd.Series(np.abs(2 * a["delta"].to_numpy(float) - 1), index=a["latent"].to_numpy(int))
+
+
+def activation_diff_scores(table: pd.DataFrame, categories: Sequence[str], reference: str) -> pd.DataFrame:
+    """The activation-difference baseline: ``score = mean_rel_diff_c / mean_rel_diff_ref - 1``,
+    predicted when the category's text moved more than the reference (general) text; no direction."""
+    t = table.set_index(table["category"].astype(str))["mean_rel_diff"].astype(float)
+    ref = float(t.get(reference, np.nan))
+    rows = []
+    for cat in categories:
+        score = float(t[cat] / ref - 1) if cat in t.index and ref > 0 else np.nan
+        rows.append(
+            {
+                "category": cat,
+                "score": score,
+                "lift": score,
+                "n_eff": np.nan,
+                "weight": np.nan,
+                "predicted": bool(np.isfinite(score) and score > 0),
+                "direction": 0,
+                "signed": np.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)

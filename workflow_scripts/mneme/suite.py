@@ -1,0 +1,126 @@
+"""Scores across the pairs of one config (the organism suite), and their sensitivity to settings.
+
+A prediction rule is judged on several organisms, never one. :func:`suite_table` puts every
+predictor's metrics of every pair in one long table with the mean over pairs beside them;
+:func:`sensitivity` re-runs the decision of mneme's routes over a small grid of its settings
+(the strength cap and minimum number of contexts of the attribution, the z of the category
+decision) on the pairs' own files, and reports the mean side-effect F1 and AUROC per setting, so
+a reader can see whether the defaults sit on a plateau or on a peak.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mneme.attribution import robust_z
+from mneme.evaluation import predictor_tables, score_predictor
+
+SCOPES = ("side_effects", "all")
+METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "spearman")
+GRID = {"z_pred": (1.0, 2.0, 3.0, 5.0, 8.0), "z_cap": (5.0, 10.0, 1e9), "min_contexts": (1, 5, 20)}
+
+
+def suite_table(evaluations: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (pair, predictor, scope) with every metric, then the mean over pairs per
+    (predictor, scope) as pair ``mean``. An undefined value is left out of a mean; F1 is undefined
+    only for a pair with nothing to find and nothing predicted, and ``n_pairs_f1`` says over how
+    many pairs the mean F1 was taken."""
+    rows = []
+    for pair, ev in evaluations.items():
+        for name, p in ev["predictors"].items():
+            for scope in SCOPES:
+                m = p["metrics"][scope]
+                row = {"pair": pair, "predictor": name, "uses": p["uses"], "scope": scope}
+                row |= {k: m.get(k) for k in METRICS}
+                row["direction_accuracy"] = p["metrics"]["direction"]["accuracy"] if scope == "all" else None
+                row["tp"], row["fp"], row["fn"], row["tn"] = (m.get(k) for k in ("tp", "fp", "fn", "tn"))
+                rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    value_cols = list(METRICS) + ["direction_accuracy"]
+    df[value_cols] = df[value_cols].astype(float)
+    means = df.groupby(["predictor", "scope"], sort=False).agg(
+        {"uses": "first", **{c: "mean" for c in value_cols}, "pair": "count"}
+    )
+    means = means.rename(columns={"pair": "n_pairs"})
+    means["n_pairs_f1"] = df.groupby(["predictor", "scope"], sort=False)["f1"].count()
+    means = means.reset_index()
+    means["pair"] = "mean"
+    return pd.concat([df, means], ignore_index=True)
+
+
+def _restrength(attribution: pd.DataFrame, z_cap: float, min_contexts: int) -> pd.DataFrame:
+    """The robust-mode attribution under other settings: the z of ``log_change`` over the latents
+    eligible with ``min_contexts``, its strength capped at ``z_cap`` (exactly what
+    :func:`mneme.attribution.attribute` computes from the same betas)."""
+    a = attribution.copy()
+    n_ctx = a["n_contexts"].to_numpy()
+    eligible = (
+        (a["reason"].astype(str) != "dead").to_numpy()
+        & (a["n_active"].to_numpy() >= 1)
+        & ((n_ctx < 0) | (n_ctx >= min_contexts))
+    )
+    z = robust_z(a["log_change"].to_numpy(float), eligible)
+    a["strength"] = np.minimum(np.abs(z), z_cap)
+    a["direction"] = np.where(
+        eligible, np.where(a["direction"] == "dead", "unchanged", a["direction"]), "dead"
+    )
+    return a
+
+
+def sensitivity(
+    pairs: Mapping[str, Mapping[str, Any]],
+    grid: Mapping[str, Sequence[float]] = GRID,
+    general_category: str = "general",
+) -> pd.DataFrame:
+    """Mean side-effect F1 / AUROC (and all-category accuracy) of each mneme route per setting.
+
+    ``pairs`` maps a pair to its inputs: ``evaluation`` (the evaluation.json dict, for the ground
+    truth, the target and the categories), ``attribution``, ``category_mass``, ``activation_diff``
+    and optionally ``labels`` and ``context_membership`` tables.
+    """
+    rows = []
+    for z_pred, z_cap, min_ctx in itertools.product(grid["z_pred"], grid["z_cap"], grid["min_contexts"]):
+        scores: dict[str, list[dict[str, Any]]] = {}
+        for inputs in pairs.values():
+            ev = inputs["evaluation"]
+            truth = pd.DataFrame(ev["ground_truth"])
+            tables = predictor_tables(
+                ev["categories"],
+                attribution=_restrength(inputs["attribution"], z_cap, int(min_ctx)),
+                category_mass=inputs["category_mass"],
+                activation_diff=inputs["activation_diff"],
+                labels=inputs.get("labels"),
+                context_membership=inputs.get("context_membership"),
+                general_category=general_category,
+                z_pred=z_pred,
+            )
+            for name, table in tables.items():
+                if name.startswith("mneme_"):
+                    scores.setdefault(name, []).append(score_predictor(truth, table, ev["target"]))
+        for name, ms in scores.items():
+            rows.append(
+                {
+                    "route": name.removeprefix("mneme_"),
+                    "z_pred": z_pred,
+                    "z_cap": z_cap,
+                    "min_contexts": int(min_ctx),
+                    "side_effect_f1": _mean(m["side_effects"]["f1"] for m in ms),
+                    "side_effect_auroc": _mean(m["side_effects"]["auroc"] for m in ms),
+                    "accuracy": _mean(m["all"]["accuracy"] for m in ms),
+                    "n_pairs": len(ms),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _mean(values) -> float:
+    v = np.array([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")

@@ -1,0 +1,34 @@
+"""Rule suite: every predictor's metrics over the config's pairs, and the sensitivity grid."""
+
+import json
+
+import pandas as pd
+
+from mneme.logs import setup_logging
+from mneme.suite import sensitivity, suite_table
+
+
+def main(smk) -> None:
+    log = setup_logging(smk.log[0])
+    inputs = {}
+    for pair in smk.params.pairs:
+        with open(smk.input[f"{pair}.evaluation"]) as fh:
+            files = {"evaluation": json.load(fh)}
+        for key in ("attribution", "category_mass", "activation_diff"):
+            files[key] = pd.read_parquet(smk.input[f"{pair}.{key}"])
+        files["labels"] = pd.read_parquet(smk.input[f"{pair}.categories"])
+        context = f"{pair}.context_categories"
+        if context in smk.input.keys():
+            files["context_membership"] = pd.read_parquet(smk.input[context])
+        inputs[pair] = files
+    table = suite_table({p: f["evaluation"] for p, f in inputs.items()})
+    table.to_csv(smk.output.table, sep="\t", index=False)
+    mean = table[(table["pair"] == "mean") & (table["scope"] == "side_effects")]
+    log.info("side effects, mean over %d pairs:\n%s", len(inputs), mean.to_string(index=False))
+    grid = sensitivity(inputs, general_category=smk.params.general)
+    grid.to_csv(smk.output.sensitivity, sep="\t", index=False)
+    log.info("sensitivity:\n%s", grid.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 (injected by Snakemake)
