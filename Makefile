@@ -2,6 +2,7 @@
 #   make demo   set everything up (main venv, vLLM venv, GCIDE), then run the embedded default
 #   make test   set everything up, then run the test suite
 #   make demo-reversal  the demo plus the optional reversal experiment (config/demo-reversal.yaml)
+#   make suite  the development suite of organisms (config/suites/dev.yaml): results/suite.tsv
 # Both are idempotent: the environment is rebuilt only when requirements.txt changes.
 
 SHELL := /bin/bash
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.installed
 GCIDE := /usr/share/dictd/gcide.dict.dz
 CORES ?= all
 
-.PHONY: setup demo demo-reversal test system-data lint format clean-results
+.PHONY: setup demo demo-reversal suite test system-data lint format clean-results
 
 setup: $(STAMP) system-data
 
@@ -42,6 +43,9 @@ demo: setup vllm-env
 
 demo-reversal: setup vllm-env
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/demo-reversal.yaml
+
+suite: setup vllm-env
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/suites/dev.yaml
 
 test: setup vllm-env
 	$(BIN)/pytest -q

@@ -5,6 +5,8 @@
 rule report:
     input:
         report_inputs,
+        suite=rules.suite.output.table,
+        sensitivity=rules.suite.output.sensitivity,
         code=script_code("report"),
     output:
         html=report(

@@ -182,8 +182,22 @@ def test_benchmark_stage_outputs(workflow):
 def test_evaluation_output(workflow):
     workdir, cfg = workflow
     result = json.loads((workdir / "results/tiny/evaluation.json").read_text())
-    assert {"mneme", "all_positive", "random_at_prevalence", "oracle"} <= set(result["metrics"])
+    want = {"mneme", "mneme_provenance", "mneme_contexts", "mneme_explanations", "activation_diff"}
+    want |= {"decoder_norm_only", "provenance_only", "all_positive", "random_at_prevalence", "oracle"}
+    assert want <= set(result["predictors"])
     assert {row["category"] for row in result["per_category"]} == {"biology", "chemistry", "law"}
+    assert result["target"] == ["biology"] and result["config"]["truth"] == "specific"
+    for p in result["predictors"].values():
+        assert {"all", "side_effects", "direction"} <= set(p["metrics"])
+        assert p["metrics"]["side_effects"]["n"] == 2  # chemistry and law
+    truth = {r["category"]: r for r in result["ground_truth"]}
+    assert {"raw_delta", "raw_affected", "delta", "affected"} <= set(truth["law"])
+    suite = pd.read_csv(workdir / "results/suite.tsv", sep="\t")
+    assert set(suite["pair"]) == {"tiny", "mean"} and "mneme" in set(suite["predictor"])
+    grid = pd.read_csv(workdir / "results/suite_sensitivity.tsv", sep="\t")
+    assert {"provenance", "contexts", "explanations"} == set(grid["route"])
+    diff = pd.read_parquet(workdir / "results/tiny/activation_diff.parquet")
+    assert {"general", "law"} <= set(diff["category"]) and (diff["mean_rel_diff"] > 0).all()
 
 
 def test_report_has_every_section(workflow):
@@ -200,6 +214,7 @@ def test_report_has_every_section(workflow):
         "reversal",
     ):
         assert f'id="tiny-{section}"' in html, section
+    assert 'id="suite"' in html and "Sensitivity of the mneme routes" in html
     assert html.count("data:image/png;base64,") >= 5  # curves, histogram, scatter, bars, recovery
     assert 'src="http' not in html and "<link" not in html  # self-contained
     summary = pd.read_csv(workdir / "results/summary.tsv", sep="\t")
@@ -245,57 +260,103 @@ def test_scenarios_pass_a_dry_run(workflow):
         assert {"extract_activations", "train_crosscoder", "evaluate", "report"} <= set(jobs), scenario.name
 
 
-def test_attribution_edit_reruns_only_attribution(workflow):
+# Downstream of the attribution: everything that reads attribution.parquet, or something that does.
+AFTER_ATTRIBUTION = {"collect_contexts", "interpret", "map_categories", "map_contexts", "evaluate"}
+AFTER_ATTRIBUTION |= {"suite", "reverse", "report", "all"}
+AFTER_MAPPING = {"evaluate", "suite", "reverse", "report", "all"}
+
+
+def _edit_config(key: str, value):
+    def edit(cfg):
+        section, name = key.split(".")
+        return {**cfg, section: {**cfg.get(section, {}), name: value}}
+
+    return edit
+
+
+def _add_pair(cfg):
+    models = {**cfg["models"], "tiny-ft2": {**cfg["models"]["tiny-ft"], "seed": 2}}
+    pair = {**cfg["pairs"]["tiny"], "finetuned": "tiny-ft2", "reverse": False}
+    return {**cfg, "models": models, "pairs": {**cfg["pairs"], "tiny2": pair}}
+
+
+def _edit_file(relpath: str, edit):
+    def apply(workdir):
+        path = workdir / relpath
+        original = path.read_text()
+        path.write_text(edit(original))
+        return lambda: path.write_text(original)
+
+    return apply
+
+
+def _describe_law(text: str) -> str:
+    spec = yaml.safe_load(text)
+    spec["categories"]["law"]["examples"] = ["courts and judges"]
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+# (what is edited, the config edit or the file edit, the exact set of rules a re-run schedules)
+RERUNS = [
+    (
+        "add a pair",
+        _add_pair,
+        None,
+        {"prepare_model", "check_pair", "extract_activations", "index_activations", "train_crosscoder"}
+        | {"latent_stats", "latent_scaling", "attribute", "activation_diff", "benchmark"}
+        | AFTER_ATTRIBUTION - {"reverse"},
+    ),
+    ("latents.window", _edit_config("latents.window", 6), None, {"collect_contexts"} | AFTER_MAPPING | {"interpret", "map_categories"}),
+    ("crosscoder.log_every", _edit_config("crosscoder.log_every", 3), None, set()),
+    ("crosscoder.checkpoint_every", _edit_config("crosscoder.checkpoint_every", 7), None, set()),
+    ("a category's description", None, _edit_file("config/categories/gcide.yaml", _describe_law), {"map_categories", "map_contexts"} | AFTER_MAPPING),
+    ("interpret.prompt", _edit_config("interpret.prompt", {"max_tokens": 20}), None, {"interpret", "map_categories"} | AFTER_MAPPING),
+    ("logs.py", None, _edit_file("workflow_scripts/mneme/logs.py", lambda t: t + "\n# an edit\n"), set()),
+    ("attribution.py", None, _edit_file("workflow_scripts/mneme/attribution.py", lambda t: t + "\n# an edit\n"), {"attribute"} | AFTER_ATTRIBUTION),
+    (
+        "extraction.py",
+        None,
+        _edit_file("workflow_scripts/mneme/extraction.py", lambda t: t + "\n# an edit\n"),
+        {"extract_activations", "index_activations", "train_crosscoder", "latent_stats", "latent_scaling"}
+        | {"attribute", "activation_diff", "reverse"} | AFTER_ATTRIBUTION,
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("what, config_edit, file_edit, expected", RERUNS, ids=[r[0] for r in RERUNS])
+def test_an_edit_reruns_exactly_its_stages(workflow, what, config_edit, file_edit, expected):
+    """After a full run, each edit schedules exactly the rules whose output it can change."""
     workdir, cfg = workflow
-    write_config(workdir, {**cfg, "attribution": {**cfg["attribution"], "tau_r": 0.4}})
+    restore = None
     try:
+        if config_edit is not None:
+            write_config(workdir, config_edit(cfg))
+        else:
+            restore = file_edit(workdir)
         jobs = scheduled(workdir)
-        assert set(jobs) == {
-            "attribute",
-            "collect_contexts",
-            "interpret",
-            "map_categories",
-            "evaluate",
-            "reverse",
-            "report",
-            "all",
-        }
     finally:
         write_config(workdir, cfg)
+        if restore:
+            restore()
+    assert set(jobs) == expected, f"{what}: unexpected {set(jobs) - expected}, missing {expected - set(jobs)}"
+    if what == "add a pair":  # the new pair's jobs only: nothing of the existing pair again
+        assert jobs["evaluate"] == 1 and jobs["train_crosscoder"] == 1 and jobs["extract_activations"] == 2
+    assert scheduled(workdir) == {}
 
 
-def test_category_description_edit_reruns_only_the_mapping(workflow):
-    """Corpus, organism and benchmark read only the tags of the category file."""
+def test_category_tag_edit_reruns_the_corpus(workflow):
+    """Corpus, organism and benchmark read only the tags of the category file: a tag edit changes
+    the corpus labels (a description edit does not, see RERUNS)."""
     workdir, cfg = workflow
     path = workdir / "config/categories/gcide.yaml"
     original = path.read_text()
     try:
         spec = yaml.safe_load(original)
-        spec["categories"]["law"]["examples"] = ["courts and judges"]
-        path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        assert set(scheduled(workdir)) == {"map_categories", "evaluate", "reverse", "report", "all"}
         spec["categories"]["law"]["tags"].append("Jur.")
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        assert "sample_corpus" in scheduled(workdir)  # a tag edit changes the corpus labels
+        assert "sample_corpus" in scheduled(workdir)
     finally:
         path.write_text(original)
-
-
-def test_code_edit_reruns_only_its_stages(workflow):
-    workdir, cfg = workflow
-    lib = workdir / "workflow_scripts/mneme/extraction.py"
-    original = lib.read_text()
-    try:
-        lib.write_text(original + "\n# an edit\n")
-        jobs = scheduled(workdir)
-        assert (
-            jobs.get("extract_activations") == 4
-            and "sample_corpus" not in jobs
-            and "prepare_model" not in jobs
-        )
-    finally:
-        lib.write_text(original)
-    assert scheduled(workdir) == {}
 
 
 def test_bad_config_fails_before_any_job(workflow, tmp_path):

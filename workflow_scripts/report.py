@@ -16,6 +16,7 @@ def main(smk) -> None:
         smk.output.html,
         smk.output.summary,
         meta=smk.params.meta,
+        suite={"table": smk.input.suite, "sensitivity": smk.input.sensitivity},
     )
     log.info("report written for %d pair(s): %s", len(summary), ", ".join(map(str, summary["pair"])))
 

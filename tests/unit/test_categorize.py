@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -199,3 +200,56 @@ def test_run_map_categories_writes_parquet(tmp_path, embedding_model, monkeypatc
     assert list(df.columns) == OUTPUT_COLUMNS
     assert df["category_embedding"].tolist() == ["nautical", "religion"]
     assert df["category"].tolist() == ["nautical", "none"]
+
+
+# --- the label-free context mapping -------------------------------------------------------------
+
+
+def test_context_memberships_against_hand_computed():
+    from mneme.context_mapping import memberships
+
+    sims = np.array([[0.50, 0.48, 0.10], [0.20, 0.21, 0.19], [0.9, 0.2, 0.88]])
+    out = memberships(np.array([7, 8, 9]), sims, ["a", "b", "c"], threshold=0.25, margin=0.03)
+    got = {(int(r.latent), r.category): r.weight for r in out.itertuples()}
+    # latent 7: a and b within 0.03 of the best; latent 8: below the threshold; latent 9: a and c
+    assert got == {(7, "a"): 0.5, (7, "b"): 0.5, (9, "a"): 0.5, (9, "c"): 0.5}
+
+
+def test_latent_embeddings_are_activation_weighted_means():
+    from mneme.context_mapping import latent_embeddings, windows
+
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    keys = pd.DataFrame({"context": [0, 0, 1], "position": [3, 5, 2]})
+    index = pd.Series(np.arange(3), index=pd.MultiIndex.from_frame(keys))
+    top = pd.DataFrame(
+        {"latent": [4, 4, 6], "context": [0, 0, 1], "position": [3, 5, 2], "activation": [3.0, 1.0, 2.0]}
+    )
+    lat, out = latent_embeddings(top, emb, index)
+    want = np.array([3.0, 1.0]) / np.linalg.norm([3.0, 1.0])
+    assert lat.tolist() == [4, 6]
+    np.testing.assert_allclose(out[0], want, rtol=1e-6)
+    np.testing.assert_allclose(out[1], [0.6, 0.8], rtol=1e-6)
+    ids = np.arange(20).reshape(2, 10)
+    w = windows(ids, np.array([0, 1]), np.array([1, 8]), before=3, after=1)
+    assert w[0].tolist() == [1, 2] and w[1].tolist() == [15, 16, 17, 18, 19]  # BOS and the end clipped
+
+
+def test_context_mapping_on_constructed_contexts(embedding_model, category_set):
+    """Windows whose domain is known map to it, with no explanation and no corpus label."""
+    from mneme.context_mapping import latent_embeddings, memberships
+
+    cats, _ = category_set
+    clf = EmbeddingClassifier(cats, model=embedding_model)
+    contexts = {
+        0: ["sulphuric acid dissolves the metal oxide", "a salt formed from sodium and chlorine"],
+        1: ["the court held the contract void", "the plaintiff sued for breach of the lease"],
+        2: ["a small songbird of the thrush family", "a genus of flowering plants with bulbs"],
+    }
+    texts = [t for ts in contexts.values() for t in ts]
+    keys = pd.DataFrame({"context": range(len(texts)), "position": 1})
+    top = keys.assign(latent=np.repeat(list(contexts), 2), activation=1.0)
+    index = pd.Series(np.arange(len(texts)), index=pd.MultiIndex.from_frame(keys))
+    lat, emb = latent_embeddings(top, clf.encode(texts), index)
+    out = memberships(lat, clf.scores_from_embeddings(emb), clf.names, threshold=0.25, margin=0.03)
+    best = out.sort_values("similarity").drop_duplicates("latent", keep="last").set_index("latent")
+    assert best["category"].to_dict() == {0: "chemistry", 1: "law", 2: "biology"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -282,7 +283,8 @@ def test_run_interpretation_keywords_end_to_end(tmp_path, tiny_model):
         tmp_path / "c.jsonl",
         out,
     )
-    assert run_interpretation({"backend": "vllm", "vllm": {"python": "/nonexistent"}}, *args).empty
+    cfg = {"backend": "vllm", "vllm": {"python": "/nonexistent"}, "directions": ["amplified", "suppressed"]}
+    assert run_interpretation(cfg, *args).empty
     assert read_table(out).empty and "explanation" in read_table(out).columns
 
 
@@ -351,3 +353,53 @@ def test_openai_backend_needs_its_key(monkeypatch):
     assert (
         OpenAIBackend("http://127.0.0.1:1/v1", "m", api_key_env="MNEME_TEST_KEY").client.api_key == "sk-test"
     )
+
+
+def test_explainer_id_follows_the_explainers_weights(tmp_path, tiny_model):
+    """A changed explainer (another seed, checkpoint or source under the same config name) gets
+    another cache key, so every answer is requested again (issue: the key was the name only)."""
+    import shutil
+
+    from mneme.interpret import explainer_id_for
+    from mneme.models import weights_path
+
+    cfg = {"backend": "vllm", "vllm": {"model": "explainer"}}
+    first = explainer_id_for(cfg, tiny_model)
+    assert first.startswith("vllm:explainer@") and first == explainer_id_for(cfg, tiny_model)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model, other)
+    weights = Path(weights_path(other))
+    target = next(weights.glob("*.safetensors"))
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF  # the same name and config, other weights
+    target.write_bytes(bytes(data))
+    second = explainer_id_for(cfg, other)
+    assert second != first
+    ctx, cache = make_contexts(), tmp_path / "cache.jsonl"
+    interpret_latents(ctx, [1, 2], TOK, FakeBackend(), cache, CFG, first)
+    again = FakeBackend()
+    interpret_latents(ctx, [1, 2], TOK, again, cache, CFG, second)
+    assert len(again.prompts) == 2
+
+
+def test_lazy_backend_is_not_opened_when_every_answer_is_cached(tmp_path):
+    import contextlib
+
+    from mneme.interpret import LazyBackend
+
+    opened = []
+
+    @contextlib.contextmanager
+    def opener():
+        opened.append(1)
+        yield FakeBackend()
+
+    ctx, cache = make_contexts(), tmp_path / "cache.jsonl"
+    with contextlib.ExitStack() as stack:
+        lazy = LazyBackend(opener, "fake", stack)
+        interpret_latents(ctx, [1, 2], TOK, lazy, cache, CFG, "fake:v1")
+        assert lazy.opened and opened == [1]
+    with contextlib.ExitStack() as stack:
+        lazy = LazyBackend(opener, "fake", stack)
+        df = interpret_latents(ctx, [1, 2], TOK, lazy, cache, CFG, "fake:v1")
+        assert df["cached"].all() and not lazy.opened and opened == [1]

@@ -87,31 +87,45 @@ def _evaluation() -> dict:
     ]
     for row, (sig, truth, pred) in zip(per, [(True, True, True), (False, False, True), (True, True, False)]):
         row.update(p_value=0.001 if sig else 0.4, significant=sig, truth=truth, prediction=pred)
-        row.update(direction=-1 if truth else 0, pred_n_amplified=int(pred), pred_n_suppressed=0)
+        row.update(
+            direction=-1 if truth else 0, pred_score=4.0 if pred else 0.5, raw_delta=row["delta"] - 0.1
+        )
+
+    def scores(acc, prec, rec, f1, undefined=()):
+        m = {"accuracy": acc, "precision": prec, "recall": rec, "f1": f1, "auroc": 0.75, "spearman": 0.5}
+        return m | {"tp": 1, "fp": 1, "fn": 1, "tn": 0, "undefined": list(undefined)}
+
+    mets = {
+        "mneme": scores(1 / 3, 0.5, 0.5, 0.5),
+        "all_positive": scores(2 / 3, 2 / 3, 1.0, 0.8),
+        "decoder_norm_only": scores(1 / 3, None, 0.0, 0.0, ["precision"]),
+    }
+    uses = {"mneme": "crosscoder + corpus labels", "all_positive": "nothing", "decoder_norm_only": "decoder"}
+    predictors = {
+        k: {
+            "uses": uses[k],
+            "per_category": [],
+            "metrics": {"all": m, "side_effects": m, "direction": {"accuracy": 0.5, "n": 2}},
+        }
+        for k, m in mets.items()
+    }
     return {
-        "config": {"task": "definition_loglik", "threshold": 0.1, "test": "bootstrap", "alpha": 0.05},
+        "config": {
+            "task": "definition_loglik",
+            "threshold": 0.1,
+            "test": "bootstrap",
+            "alpha": 0.05,
+            "truth": "specific",
+        },
         "meta": {"pair": "full"},
         "categories": ["biology", "chemistry", "law"],
-        "prevalence": 2 / 3,
+        "target": ["biology"],
+        "prevalence": {"all": 2 / 3, "side_effects": 0.5},
         "per_category": per,
-        "metrics": {
-            "mneme": {"accuracy": 1 / 3, "precision": 0.5, "recall": 0.5, "f1": 0.5, "undefined": []},
-            "all_positive": {
-                "accuracy": 2 / 3,
-                "precision": 2 / 3,
-                "recall": 1.0,
-                "f1": 0.8,
-                "undefined": [],
-            },
-            "decoder_norm_only": {
-                "accuracy": 1 / 3,
-                "precision": None,
-                "recall": 0.0,
-                "f1": None,
-                "undefined": ["precision", "f1"],
-            },
-        },
-        "direction": {"direction_accuracy": 0.5, "n": 3},
+        "predictors": predictors,
+        "metrics": {k: m for k, m in mets.items()},
+        "side_effect_metrics": {k: m for k, m in mets.items()},
+        "direction": {"accuracy": 0.5, "n": 2},
     }
 
 
@@ -271,7 +285,12 @@ def test_metrics_and_prediction_sections(built):
     html, _, _ = built
     metrics = _section(html, "full-metrics")
     assert '<tr class="mneme">' in metrics
-    assert "decoder_norm_only precision: nothing predicted as affected" in metrics
+    assert "decoder_norm_only (side_effects) precision: nothing predicted as affected" in metrics
+    assert (
+        "Side effects (target excluded)" in metrics
+        and "auroc" in metrics
+        and "crosscoder + corpus labels" in metrics
+    )
     assert '<td class="na">n/a</td>' in metrics
     prediction = _section(html, "full-prediction")
     assert "definition_loglik" in prediction and "data:image/png;base64," in prediction
@@ -375,11 +394,27 @@ def test_rule_script(tmp_path):
             files={"p": make_pair(tmp_path, complete=False)},
             meta={"p": {"base": "b0", "finetuned": "f0", "corpus": "c0", "layer": 3}},
         ),
+        input=SimpleNamespace(suite=str(tmp_path / "suite.tsv"), sensitivity=str(tmp_path / "grid.tsv")),
         output=SimpleNamespace(html=str(out / "report.html"), summary=str(out / "summary.tsv")),
         log=[str(tmp_path / "report.log")],
     )
+    suite = pd.DataFrame(
+        [
+            {"pair": p, "predictor": name, "uses": "x", "scope": scope, "f1": f1, "auroc": 0.7}
+            for p, f1 in (("p", 0.5), ("mean", 0.5))
+            for name in ("mneme", "activation_diff")
+            for scope in ("side_effects", "all")
+        ]
+    )
+    suite.to_csv(smk.input.suite, sep="\t", index=False)
+    pd.DataFrame([{"route": "provenance", "z_pred": 3.0, "side_effect_f1": 0.5}]).to_csv(
+        smk.input.sensitivity, sep="\t", index=False
+    )
     rule.main(smk)
-    assert "<th>base</th><td>b0</td>" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "<th>base</th><td>b0</td>" in html
+    suite_html = _section(html, "suite")
+    assert "Mean over pairs: side effects" in suite_html and "Sensitivity of the mneme routes" in suite_html
     assert list(pd.read_csv(out / "summary.tsv", sep="\t")["pair"]) == ["p"]
 
 

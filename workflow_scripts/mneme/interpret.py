@@ -427,6 +427,28 @@ def resolve_model_dir(model_dir: str | os.PathLike) -> str:
     return weights_path(model_dir) if Path(model_dir, CARD).is_file() else str(model_dir)
 
 
+class LazyBackend:
+    """An LLM backend opened on first use: when every answer is in the cache, no vLLM server is
+    started at all. ``name`` and ``extractive`` are known without opening; anything else opens
+    the backend of :func:`open_backend` inside ``stack`` (closed with it)."""
+
+    extractive = False
+
+    def __init__(self, opener, name: str, stack: contextlib.ExitStack) -> None:
+        self._opener, self.name, self._stack, self._backend = opener, name, stack, None
+
+    @property
+    def opened(self) -> bool:
+        return self._backend is not None
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        if self._backend is None:
+            self._backend = self._stack.enter_context(self._opener())
+        return getattr(self._backend, attr)
+
+
 @contextlib.contextmanager
 def open_backend(
     cfg: Mapping[str, Any],
@@ -479,14 +501,49 @@ def open_backend(
             yield backend
 
 
+FINGERPRINT_BYTES = 4 << 20  # read from each end of every weight file
+
+
+def explainer_fingerprint(model_dir: str | os.PathLike) -> str:
+    """A short hash of what determines a served model's answers: its prepared model card (the
+    spec: source, checkpoint, seed, organism method, ...) and, for every weight file, its name,
+    size and the first and last 4 MiB. A different checkpoint under the same config name gets a
+    different fingerprint, at the cost of reading 8 MiB per file instead of the whole weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    card = Path(model_dir, "mneme_model.json")
+    if card.is_file():
+        h.update(json.dumps(json.loads(card.read_text()).get("spec"), sort_keys=True).encode())
+    weights = Path(resolve_model_dir(model_dir))
+    files = (
+        sorted(weights.glob("*.safetensors")) + sorted(weights.glob("*.bin")) + sorted(weights.glob("*.gguf"))
+    )
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(FINGERPRINT_BYTES))
+            if size > 2 * FINGERPRINT_BYTES:
+                fh.seek(size - FINGERPRINT_BYTES)
+                h.update(fh.read(FINGERPRINT_BYTES))
+    return h.hexdigest()[:16]
+
+
 def explainer_id_for(cfg: Mapping[str, Any], explainer_model_dir: str | os.PathLike | None = None) -> str:
+    """The cache key of the explainer: ``interpret.explainer_id`` when set; for vLLM the model's
+    name and :func:`explainer_fingerprint` of its weights (so changing the explainer's checkpoint,
+    seed or source asks every question again); for an OpenAI-compatible endpoint the model name
+    (the endpoint's weights cannot be seen from here: set explainer_id when they change)."""
     cfg = with_defaults(cfg)
     if cfg["explainer_id"]:
         return str(cfg["explainer_id"])
     kind = cfg["backend"]
     if kind == "vllm":
         name = cfg["vllm"]["model"] or (Path(explainer_model_dir).name if explainer_model_dir else "?")
-        return f"vllm:{name}"
+        if explainer_model_dir is None:
+            return f"vllm:{name}"
+        return f"vllm:{name}@{explainer_fingerprint(explainer_model_dir)}"
     if kind == "openai":
         return f"openai:{cfg['openai']['model']}"
     return "keywords"
@@ -548,9 +605,17 @@ def run_interpretation(
         log.warning("no %s latent with top examples: writing an empty table", "/".join(cfg["directions"]))
         df = pd.DataFrame(columns=COLUMNS)
     else:
-        with open_backend(
-            cfg, explainer_model_dir, tokens_zarr, server_log, vocab_size=len(tokenizer)
-        ) as backend:
+        with contextlib.ExitStack() as stack:
+
+            def opener():
+                return open_backend(
+                    cfg, explainer_model_dir, tokens_zarr, server_log, vocab_size=len(tokenizer)
+                )
+
+            if cfg["backend"] == "keywords":  # extractive and cheap: open it now
+                backend = stack.enter_context(opener())
+            else:
+                backend = LazyBackend(opener, cfg["backend"], stack)
             df = interpret_latents(
                 contexts,
                 latents,
@@ -562,6 +627,8 @@ def run_interpretation(
                 score=bool(cfg["score"]),
                 on_error=cfg["on_error"],
             )
+            if isinstance(backend, LazyBackend) and not backend.opened:
+                log.info("every answer was cached: no %s backend was started", cfg["backend"])
     attr = attribution[["latent", "direction", "strength"]]
     df = df.merge(attr, on="latent", how="left")
     write_table(df, out_path)

@@ -194,7 +194,7 @@ def attribution_defaults() -> dict[str, Any]:
     from mneme.attribution import attribute
 
     params = inspect.signature(attribute).parameters
-    return {k: params[k].default for k in ("mode", "tau_r", "tau_eps", "kappa")}
+    return {k: params[k].default for k in ("mode", "z_threshold", "tau_r", "tau_eps", "kappa")}
 
 
 def _thresholds(summary: dict | None) -> dict[str, Any]:
@@ -494,9 +494,12 @@ def _positive_floor(*arrays: np.ndarray) -> float:
 
 
 def section_ratios(pair: PairData) -> str:
-    """The F12 decision plane: other/own beta ratios; attributed latents sit below both thresholds."""
+    """The attribution's decision: in robust mode the z of each latent's log beta ratio against
+    its relative decoder norm; in the F12 modes the plane of the other/own beta ratios."""
     if (miss := _missing(pair, "attribution")) is not None:
         return miss
+    if pair.thresholds.get("mode") == "robust" and "change_z" in pair.attribution:
+        return _robust_figure(pair)
     a = pair.attribution
     a = a[(a["direction"] != "dead") & a["ratio_r"].notna() & a["ratio_eps"].notna()]
     if a.empty:
@@ -536,6 +539,37 @@ def section_ratios(pair: PairData) -> str:
         return f"ratios ≤ 0 ({n_floor}) drawn at {floor:.2g}{note}; thresholds from {t.get('source')}"
 
     return figure(draw, (7, 5), "beta ratio scatter")
+
+
+def _robust_figure(pair: PairData) -> str:
+    a = pair.attribution
+    a = a[(a["direction"] != "dead") & a["change_z"].notna()]
+    if a.empty:
+        return na("no live latent with a log beta ratio")
+    t = pair.thresholds
+
+    def draw(fig: Any) -> str:
+        ax = fig.subplots()
+        for d in ("unchanged", "amplified", "suppressed"):
+            sub = a[a["direction"] == d]
+            big = d != "unchanged"
+            ax.scatter(
+                sub["delta"],
+                np.clip(sub["change_z"], -3 * t["z_threshold"] - 10, 3 * t["z_threshold"] + 10),
+                s=20 if big else 5,
+                alpha=0.8 if big else 0.35,
+                color=COLOURS[d],
+                label=f"{d} ({len(sub):,})",
+                zorder=3 if big else 2,
+            )
+        for sign in (-1, 1):
+            ax.axhline(sign * t["z_threshold"], color="k", ls="--", lw=1)
+        ax.set_xlabel("relative decoder norm Δ (0 base only, 1 fine-tuned only)")
+        ax.set_ylabel("z of log(β_ft / β_base) against the bulk")
+        ax.legend(fontsize=8, loc="best")
+        return f"dashed: ±z_threshold = {t['z_threshold']} (thresholds from {t.get('source')}); z clipped for display"
+
+    return figure(draw, (7, 5), "robust z of the beta ratios")
 
 
 # --- top latents ---------------------------------------------------------------------------
@@ -690,7 +724,10 @@ def section_prediction(pair: PairData) -> str:
     if per.empty or not {"category", "delta"} <= set(per):
         return na("evaluation.json has no per_category rows")
     cfg = ev.get("config", {})
-    intro = kv_table([(k, cfg.get(k)) for k in ("task", "threshold", "test", "alpha", "method") if k in cfg])
+    keys = ("task", "threshold", "test", "alpha", "truth", "route", "z_pred")
+    intro = kv_table(
+        [(k, cfg.get(k)) for k in keys if k in cfg] + [("target", ", ".join(ev.get("target") or []))]
+    )
     return (
         intro
         + figure(
@@ -754,12 +791,12 @@ def _prediction_table(per: pd.DataFrame) -> str:
         ("n", "items"),
         ("base_mean", "base"),
         ("ft_mean", "fine-tuned"),
-        ("delta", "Δ"),
+        ("raw_delta", "raw Δ"),
+        ("delta", "Δ (specific)"),
         ("p_value", "p"),
         ("significant", "significant"),
         ("truth", "affected"),
-        ("pred_n_amplified", "amplified latents"),
-        ("pred_n_suppressed", "suppressed latents"),
+        ("pred_score", "mneme score (z)"),
         ("prediction", "predicted"),
         ("pred_direction", "predicted direction"),
         ("correct", "correct"),
@@ -774,27 +811,79 @@ def _undefined_note(name: str, metric: str, m: Mapping[str, Any]) -> str:
     return f"{name} {metric}: {reason}"
 
 
+SCORE_NAMES = (*METRIC_NAMES, "auroc", "spearman")
+
+
 def section_metrics(pair: PairData) -> str:
-    """Scores of the prediction and of the baselines, with why a metric is undefined."""
+    """Every predictor, labelled by what it uses: on the side effects (the categories outside the
+    pair's target) and on all categories, with why a metric is undefined."""
     if (miss := _missing(pair, "evaluation")) is not None:
         return miss
-    metrics = pair.evaluation.get("metrics") or {}
-    if not metrics:
-        return na("evaluation.json has no metrics")
-    rows, notes = [], []
-    for name, m in metrics.items():
-        rows.append({"method": name, **m})
-        notes += [_undefined_note(name, k, m) for k in METRIC_NAMES if m.get(k) is None]
-    cols = [("method", "method")] + [(k, k) for k in (*METRIC_NAMES, "tp", "fp", "fn", "tn", "n")]
-    out = table(rows, cols, row_class=lambda r: "mneme" if r["method"] == "mneme" else "")
+    predictors = pair.evaluation.get("predictors") or {}
+    if not predictors:
+        return na("evaluation.json has no predictors")
+    out, notes = "", []
+    for scope, title in (("side_effects", "Side effects (target excluded)"), ("all", "All categories")):
+        rows = []
+        for name, p in predictors.items():
+            m = p["metrics"][scope]
+            row = {"method": name, "uses": p.get("uses"), **m}
+            if scope == "all":
+                row["direction"] = p["metrics"]["direction"]["accuracy"]
+            rows.append(row)
+            notes += [_undefined_note(f"{name} ({scope})", k, m) for k in METRIC_NAMES if m.get(k) is None]
+        cols = [("method", "method"), ("uses", "uses")] + [(k, k) for k in SCORE_NAMES]
+        cols += [("direction", "direction accuracy")] if scope == "all" else []
+        cols += [(k, k) for k in ("tp", "fp", "fn", "tn")]
+        out += f"<h4>{esc(title)}</h4>" + table(
+            rows, cols, row_class=lambda r: "mneme" if r["method"] == "mneme" else ""
+        )
     if notes:
         out += '<p class="small">n/a: ' + "; ".join(esc(n) for n in notes) + "</p>"
-    prevalence = pair.evaluation.get("prevalence")
-    direction = pair.evaluation.get("direction") or {}
-    extra = [("prevalence (share of categories affected)", prevalence)] + [
-        (f"direction: {k}", v) for k, v in direction.items()
-    ]
+    prevalence = pair.evaluation.get("prevalence") or {}
+    extra = (
+        [(f"prevalence ({k})", v) for k, v in prevalence.items()] if isinstance(prevalence, Mapping) else []
+    )
     return out + kv_table(extra)
+
+
+# --- the suite (every pair) ----------------------------------------------------------------
+
+
+SUITE_COLUMNS = [("predictor", "predictor"), ("uses", "uses")] + [(k, k) for k in SCORE_NAMES]
+
+
+def section_suite(suite: pd.DataFrame | None, grid: pd.DataFrame | None) -> str:
+    """Mean over the pairs of every predictor (side effects and all categories), each pair's
+    side-effect F1 and AUROC, and the sensitivity of the mneme routes to the decision's settings."""
+    if suite is None or suite.empty:
+        return na("suite.tsv not available")
+    out = ""
+    mean = suite[suite["pair"] == "mean"]
+    for scope, title in (
+        ("side_effects", "Mean over pairs: side effects"),
+        ("all", "Mean over pairs: all categories"),
+    ):
+        rows = _records(mean[mean["scope"] == scope])
+        cols = SUITE_COLUMNS + ([("direction_accuracy", "direction accuracy")] if scope == "all" else [])
+        out += f"<h4>{esc(title)}</h4>" + table(
+            rows, cols, row_class=lambda r: "mneme" if r["predictor"] == "mneme" else ""
+        )
+    per = suite[(suite["pair"] != "mean") & (suite["scope"] == "side_effects")]
+    for metric in ("f1", "auroc"):
+        wide = per.pivot_table(index="predictor", columns="pair", values=metric, aggfunc="first", sort=False)
+        wide = wide.reset_index()
+        cols = [("predictor", "predictor")] + [(c, c) for c in wide.columns if c != "predictor"]
+        out += f"<h4>Side-effect {esc(metric)} per pair</h4>" + table(_records(wide), cols)
+    if grid is not None and not grid.empty:
+        cols = [(c, c) for c in grid.columns]
+        out += (
+            "<h4>Sensitivity of the mneme routes (mean over pairs)</h4>"
+            '<p class="small">z_pred: the category decision; z_cap and min_contexts: the attribution '
+            "(strength cap, contexts a latent needs). The defaults are z_pred 3, z_cap 10, min_contexts 5.</p>"
+            + table(_records(grid), cols)
+        )
+    return out
 
 
 # --- reversal ------------------------------------------------------------------------------
@@ -923,8 +1012,12 @@ def summary_row(pair: PairData) -> dict[str, Any]:
     row.update({k: v.get(k) for k in ("fvu_base", "fvu_ft", "l0", "dead_fraction")})
     ev = pair.evaluation or {}
     row["prevalence"] = ev.get("prevalence")
+    if isinstance(row["prevalence"], Mapping):
+        row["prevalence"] = row["prevalence"].get("all")
     for method, m in (ev.get("metrics") or {}).items():
         row.update({f"{method}_{k}": m.get(k) for k in METRIC_NAMES})
+    for method, m in (ev.get("side_effect_metrics") or {}).items():
+        row.update({f"{method}_side_{k}": m.get(k) for k in (*METRIC_NAMES, "auroc")})
     if isinstance(pair.reversal, Mapping):
         row.update(_reversal_columns(pair.reversal))
     return row
@@ -997,7 +1090,7 @@ def _toc(pairs: Sequence[PairData]) -> str:
             if k != "reversal" or _has_reversal(pair)
         )
         items.append(f'<li><a href="#{esc(_slug(pair.name))}">{esc(pair.name)}</a><ul>{subs}</ul></li>')
-    return f'<nav id="toc"><h2>Contents</h2><ul><li><a href="#summary">Summary across pairs</a></li>{"".join(items)}</ul></nav>'
+    return f'<nav id="toc"><h2>Contents</h2><ul><li><a href="#summary">Summary across pairs</a></li><li><a href="#suite">Suite</a></li>{"".join(items)}</ul></nav>'
 
 
 SUMMARY_VIEW = [
@@ -1015,6 +1108,9 @@ SUMMARY_VIEW = [
     ("mneme_precision", "mneme precision"),
     ("mneme_recall", "mneme recall"),
     ("mneme_f1", "mneme F1"),
+    ("mneme_side_f1", "mneme side-effect F1"),
+    ("mneme_side_auroc", "mneme side-effect AUROC"),
+    ("activation_diff_side_f1", "activation-diff side-effect F1"),
 ]
 
 
@@ -1051,12 +1147,20 @@ def _git_commit(git: Path) -> str | None:
 
 
 def render_html(
-    pairs: Sequence[PairData], rows: list[dict[str, Any]], title: str, n_top: int, n_examples: int
+    pairs: Sequence[PairData],
+    rows: list[dict[str, Any]],
+    title: str,
+    n_top: int,
+    n_examples: int,
+    suite: tuple[pd.DataFrame | None, pd.DataFrame | None] = (None, None),
 ) -> str:
     """The whole document."""
     p = provenance()
     header = f'<h1>{esc(title)}</h1><p class="meta">generated {esc(p["generated"])} · mneme {esc(p["version"])} · commit {esc(p["commit"])}</p>'
     summary = f'<section id="summary"><h2>Summary across pairs</h2>{table(rows, SUMMARY_VIEW)}<p class="small">All columns are in summary.tsv.</p></section>'
+    summary += (
+        f'<section id="suite"><h2>Suite: every predictor over the pairs</h2>{section_suite(*suite)}</section>'
+    )
     body = "".join(render_pair(pair, n_top, n_examples) for pair in pairs)
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
@@ -1083,8 +1187,12 @@ def build_report(
     meta: Mapping[str, Mapping[str, Any]] | None = None,
     n_top: int = 10,
     n_examples: int = 3,
+    suite: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Write the HTML report and summary.tsv for ``pairs`` ({pair: {input key: path}}).
+
+    ``suite`` (``{"table": suite.tsv, "sensitivity": suite_sensitivity.tsv}``) adds the suite
+    section.
 
     ``meta`` ({pair: {base, finetuned, corpus, layer}}, e.g. the config's ``pairs``) overrides what
     is inferred from the crosscoder config. Returns the summary table.
@@ -1092,7 +1200,11 @@ def build_report(
     start = time.perf_counter()
     loaded = [load_pair(name, files, (meta or {}).get(name)) for name, files in pairs.items()]
     rows = [summary_row(p) for p in loaded]
-    _write_atomic(html_path, render_html(loaded, rows, title, n_top, n_examples))
+    tables = tuple(
+        pd.read_csv(suite[k], sep="\t") if suite and suite.get(k) and Path(suite[k]).is_file() else None
+        for k in ("table", "sensitivity")
+    )
+    _write_atomic(html_path, render_html(loaded, rows, title, n_top, n_examples, tables))
     summary = pd.DataFrame(rows, columns=_union_keys(rows) or ["pair"])
     _write_atomic(summary_path, summary.to_csv(sep="\t", index=False, na_rep="NA"))
     log.info("report: %d pair(s) -> %s (%.1f s)", len(loaded), html_path, time.perf_counter() - start)
