@@ -18,7 +18,12 @@ configfile: "config/config.yaml"
 report: "report/workflow.rst"
 
 
-validate_config(config, os.path.join(workflow.basedir, "config/schema.yaml"), workflow.basedir)
+validate_config(
+    config,
+    os.path.join(workflow.basedir, "config/schema.yaml"),
+    workflow.basedir,
+    config_files=workflow.configfiles,
+)
 
 
 include: "rules/common.smk"

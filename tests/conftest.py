@@ -61,6 +61,8 @@ def copy_workflow(dest: Path) -> Path:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dest / name)
+    if (REPO / ".venv-vllm").is_dir():  # interpret.vllm.python is relative to the working directory
+        (dest / ".venv-vllm").symlink_to(REPO / ".venv-vllm")
     return dest
 
 

