@@ -203,7 +203,6 @@ def leaning(attribution: pd.DataFrame) -> pd.Series:
     return ratio_mode.where(mode != "simple", simple_mode)
 
 
-
 def _share_argmax(category_mass: pd.DataFrame) -> pd.Series:
     """latent -> the category with the largest share of its activation mass (ties by name)."""
     if category_mass.empty:
@@ -213,6 +212,7 @@ def _share_argmax(category_mass: pd.DataFrame) -> pd.Series:
     g = g.sort_values(["latent", "share", "category"], ascending=[True, False, True])
     top = g.drop_duplicates("latent", keep="first")
     return pd.Series(top["category"].astype(str).to_numpy(), index=top["latent"].astype(int).to_numpy())
+
 
 def _category_map(
     categories: pd.DataFrame | None,
