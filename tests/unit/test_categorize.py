@@ -253,3 +253,15 @@ def test_context_mapping_on_constructed_contexts(embedding_model, category_set):
     out = memberships(lat, clf.scores_from_embeddings(emb), clf.names, threshold=0.25, margin=0.03)
     best = out.sort_values("similarity").drop_duplicates("latent", keep="last").set_index("latent")
     assert best["category"].to_dict() == {0: "chemistry", 1: "law", 2: "biology"}
+
+
+def test_standardise_removes_a_category_bias():
+    from mneme.context_mapping import memberships, standardise
+
+    # every latent is close to "a" (a biased description); latent 2 is unusually close to "b"
+    sims = np.array([[0.6, 0.1], [0.62, 0.12], [0.58, 0.4], [0.61, 0.11]])
+    z = standardise(sims)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(z.std(0), 1)
+    out = memberships(np.arange(4), z, ["a", "b"], threshold=1.5, margin=0.3)
+    assert out[["latent", "category"]].values.tolist() == [[2, "b"]]
