@@ -509,19 +509,9 @@ def section_ratios(pair: PairData) -> str:
 
     def draw(fig: Any) -> str:
         ax = fig.subplots()
-        for d in ("unchanged", "amplified", "suppressed"):
-            sub = a[a["direction"] == d]
-            big = d != "unchanged"
-            x, y = np.clip(sub["ratio_r"], floor, None), np.clip(sub["ratio_eps"], floor, None)
-            ax.scatter(
-                x,
-                y,
-                s=28 if big else 5,
-                alpha=0.9 if big else 0.35,
-                color=COLOURS[d],
-                label=f"{d} ({len(sub):,})",
-                zorder=3 if big else 2,
-            )
+        _scatter_by_direction(
+            ax, a, lambda sub: (np.clip(sub["ratio_r"], floor, None), np.clip(sub["ratio_eps"], floor, None))
+        )
         ax.set_xscale("log")
         ax.set_yscale("log")
         if t.get("mode", "ratio") == "ratio":
@@ -541,6 +531,23 @@ def section_ratios(pair: PairData) -> str:
     return figure(draw, (7, 5), "beta ratio scatter")
 
 
+def _scatter_by_direction(ax: Any, a: pd.DataFrame, xy: Callable[[pd.DataFrame], tuple]) -> None:
+    """Unchanged latents small and faint, attributed ones large, each direction in its colour."""
+    for d in ("unchanged", "amplified", "suppressed"):
+        sub = a[a["direction"] == d]
+        big = d != "unchanged"
+        x, y = xy(sub)
+        ax.scatter(
+            x,
+            y,
+            s=28 if big else 5,
+            alpha=0.9 if big else 0.35,
+            color=COLOURS[d],
+            label=f"{d} ({len(sub):,})",
+            zorder=3 if big else 2,
+        )
+
+
 def _robust_figure(pair: PairData) -> str:
     a = pair.attribution
     a = a[(a["direction"] != "dead") & a["change_z"].notna()]
@@ -550,18 +557,8 @@ def _robust_figure(pair: PairData) -> str:
 
     def draw(fig: Any) -> str:
         ax = fig.subplots()
-        for d in ("unchanged", "amplified", "suppressed"):
-            sub = a[a["direction"] == d]
-            big = d != "unchanged"
-            ax.scatter(
-                sub["delta"],
-                np.clip(sub["change_z"], -3 * t["z_threshold"] - 10, 3 * t["z_threshold"] + 10),
-                s=20 if big else 5,
-                alpha=0.8 if big else 0.35,
-                color=COLOURS[d],
-                label=f"{d} ({len(sub):,})",
-                zorder=3 if big else 2,
-            )
+        lim = 3 * t["z_threshold"] + 10
+        _scatter_by_direction(ax, a, lambda sub: (sub["delta"], np.clip(sub["change_z"], -lim, lim)))
         for sign in (-1, 1):
             ax.axhline(sign * t["z_threshold"], color="k", ls="--", lw=1)
         ax.set_xlabel("relative decoder norm Δ (0 base only, 1 fine-tuned only)")
