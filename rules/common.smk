@@ -20,11 +20,13 @@ def script_code(script):
     """The library modules a rule script imports (read from the code, see mneme.code_deps), as
     inputs, so that editing one re-runs its rules.
 
-    Absolute paths from workflow.basedir work with any --directory; small files are compared by
-    checksum, so a plain touch or checkout does not trigger a re-run.
+    Paths are relative to the working directory, so the same project moved or copied elsewhere
+    does not see "a changed set of input files"; small files are compared by checksum, so a plain
+    touch or checkout does not trigger a re-run.
     """
     scripts = os.path.join(workflow.basedir, "workflow_scripts")
-    return list(library_modules(os.path.join(scripts, f"{script}.py"), os.path.join(scripts, "mneme")))
+    modules = library_modules(os.path.join(scripts, f"{script}.py"), os.path.join(scripts, "mneme"))
+    return [os.path.relpath(path) for path in modules]
 
 
 def section(name, keys=None, exclude=()):

@@ -359,6 +359,16 @@ def test_category_tag_edit_reruns_the_corpus(workflow):
         path.write_text(original)
 
 
+def test_a_moved_project_reruns_nothing(workflow, tmp_path):
+    """Code inputs are relative paths: the finished project copied elsewhere is up to date."""
+    import shutil
+
+    workdir, cfg = workflow
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(workdir, moved, symlinks=True)
+    assert scheduled(moved) == {}
+
+
 def test_bad_config_fails_before_any_job(workflow, tmp_path):
     workdir, cfg = workflow
     bad = {**cfg, "activations": {**cfg["activations"], "n_shard": 3}}
