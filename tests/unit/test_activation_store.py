@@ -8,11 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from mneme.activation_store import (
     ActivationStore,
     PairedStores,
     ShardWriter,
+    StoreError,
     decode_16bit,
     encode_16bit,
     row_to_token,
@@ -116,3 +118,99 @@ def test_manifest_rejects_unfinished_shard(tmp_path):
         write_manifest(tmp_path / "m.json", [str(tmp_path / "x.zarr")], {})
     assert json.dumps  # manifest module imports json; nothing written on failure
     assert not (tmp_path / "m.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# integrity: a damaged store is an error naming the store, never data
+
+
+def damaged_store(tmp_path, codec="zstd"):
+    """A 2-shard store of 64 rows (16-row chunks) and the file of shard 1's chunk 2."""
+    x = np.random.default_rng(3).normal(scale=4, size=(64, 8)).astype(np.float32)
+    build_store(tmp_path, "m", x, n_shards=2, chunk_rows=16)
+    shard = tmp_path / "m" / "shard_1.zarr"
+    chunk = shard / "c" / "1" / "0"  # rows 48-64 of the store
+    assert chunk.is_file()
+    return tmp_path / "m" / "manifest.json", chunk
+
+
+def read_all(manifest):
+    store = ActivationStore(manifest)
+    return [rows for _, rows in store.iter_blocks()]
+
+
+def test_deleted_chunk_is_an_error_on_open_naming_store_and_chunk(tmp_path):
+    manifest, chunk = damaged_store(tmp_path)
+    chunk.unlink()
+    with pytest.raises(
+        StoreError, match=r"activation store .*/m: shard shard_1.zarr lacks 1 chunk file.*c/1/0"
+    ):
+        ActivationStore(manifest)
+
+
+def test_truncated_chunk_is_an_error_naming_store_shard_and_chunk(tmp_path):
+    manifest, chunk = damaged_store(tmp_path)
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match=r"/m: shard shard_1.zarr, chunk 1 \(rows 16-32\) cannot be decoded"):
+        read_all(manifest)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "none"])
+def test_overwritten_bytes_fail_the_checksum(tmp_path, codec):
+    x = np.random.default_rng(4).normal(size=(32, 8)).astype(np.float32)
+    p = tmp_path / "s" / "shard_0.zarr"
+    w = ShardWriter(p, 32, 8, chunk_rows=16, codec=codec)
+    w.write(0, x)
+    w.close()
+    write_manifest(tmp_path / "s" / "manifest.json", [str(p)], {})
+    chunk = p / "c" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[8:72] = bytes(range(64))  # 64 overwritten bytes, the file keeps its length
+    chunk.write_bytes(bytes(data))
+    store = ActivationStore(tmp_path / "s" / "manifest.json")
+    np.testing.assert_array_equal(
+        store.read(16, 32), decode_16bit(encode_16bit(x[16:], "bfloat16"), "bfloat16")
+    )
+    with pytest.raises(StoreError, match=r"shard_0.zarr, chunk 0 \(rows 0-16\) cannot be decoded"):
+        store.read(0, 16)
+
+
+def test_values_beyond_the_written_bound_are_an_error(tmp_path):
+    """Bytes rewritten consistently (valid checksum) but holding absurd values are still caught."""
+    manifest, _ = damaged_store(tmp_path)
+    arr = zarr.open_array(str(tmp_path / "m" / "shard_0.zarr"), mode="r+")
+    rows = arr[0:16]
+    rows[5, 3] = encode_16bit(np.array([[1.3e32]], dtype=np.float32), "bfloat16")[0, 0]
+    arr[0:16] = rows
+    with pytest.raises(StoreError, match=r"shard_0.zarr, row 5: \|x\| reaches 1.3e\+32"):
+        read_all(manifest)
+
+
+def test_non_finite_rows_are_refused_when_written(tmp_path):
+    w = ShardWriter(tmp_path / "s.zarr", 4, 3)
+    x = np.ones((4, 3), dtype=np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(StoreError, match=r"s.zarr: row 2 is not finite"):
+        w.write(0, x)
+
+
+def test_an_all_zero_chunk_is_still_written(tmp_path):
+    w = ShardWriter(tmp_path / "z.zarr", 32, 4, chunk_rows=16)
+    x = np.zeros((32, 4), dtype=np.float32)
+    x[20] = 1.0
+    w.write(0, x)
+    w.close()
+    write_manifest(tmp_path / "manifest.json", [str(tmp_path / "z.zarr")], {})
+    assert (tmp_path / "z.zarr" / "c" / "0" / "0").is_file()
+    assert ActivationStore(tmp_path / "manifest.json").read(0, 32).sum() == 4.0
+
+
+def test_a_stage_reading_a_damaged_store_fails_naming_it(tmp_path):
+    """PairedStores is what every stage opens: a damaged fine-tuned store stops it up front."""
+    manifest, chunk = damaged_store(tmp_path)
+    x = np.random.default_rng(3).normal(scale=4, size=(64, 8)).astype(np.float32)
+    build_store(tmp_path, "base", x, n_shards=2, chunk_rows=16)
+    chunk.unlink()
+    with pytest.raises(StoreError, match=r"activation store .*/m: .*delete .*/m and re-run its extraction"):
+        PairedStores(tmp_path / "base" / "manifest.json", manifest)

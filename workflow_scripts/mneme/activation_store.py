@@ -12,6 +12,13 @@ fine-tuned store read side by side give paired activations. Rows map back to the
 zarr 3 has no bfloat16, so bfloat16 is stored as its uint16 bit pattern with the attribute
 ``logical_dtype: bfloat16``; float16 is stored natively. Readers always get float32, because
 16-bit arithmetic is slow on our CPUs.
+
+Integrity: a damaged store must never be read as data. Every chunk carries a CRC32C checksum
+(zarr's ``crc32c`` codec, verified on every read), every chunk is written even when it holds only
+zeros (so a missing chunk file is a deleted one, checked when a store is opened, instead of reading
+as zeros), rows are checked finite when written, and every read checks that no value exceeds the
+largest magnitude the shard held when it was written. Each failure is a :class:`StoreError`
+naming the store, the shard and the chunk.
 """
 
 from __future__ import annotations
@@ -29,22 +36,34 @@ import numpy as np
 import zarr
 
 LOGICAL_DTYPES = ("float16", "bfloat16")
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+# a read value may exceed the shard's recorded max |x| only by this relative margin (the record is
+# taken from the 16-bit values themselves, so any excess means the bytes changed after writing)
+MAX_ABS_SLACK = 1e-6
+
+
+class StoreError(RuntimeError):
+    """A damaged or inconsistent activation store: the message names the store, shard and chunk."""
+
+
 # shard attributes that must agree across shards and are copied into the manifest
 SHARED_SHARD_ATTRS = ("model", "corpus", "layer", "context_len", "first_position")
 
 
 def make_codec(codec: str, level: int) -> list:
-    """Return the zarr 3 ``compressors=`` list for a codec name from the config."""
+    """Return the zarr 3 ``compressors=`` list for a codec name from the config, ending in a
+    CRC32C checksum of the compressed bytes (so a flipped or cut byte fails the read)."""
     if codec == "none":
-        return []
-    if codec == "zstd":
-        return [zarr.codecs.ZstdCodec(level=level)]
-    if codec == "blosc-lz4":
-        return [zarr.codecs.BloscCodec(cname="lz4", clevel=level, shuffle="bitshuffle")]
-    if codec == "blosc-zstd":
-        return [zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")]
-    raise ValueError(f"unknown activation codec {codec!r}; expected none, zstd, blosc-lz4 or blosc-zstd")
+        compressor = []
+    elif codec == "zstd":
+        compressor = [zarr.codecs.ZstdCodec(level=level)]
+    elif codec == "blosc-lz4":
+        compressor = [zarr.codecs.BloscCodec(cname="lz4", clevel=level, shuffle="bitshuffle")]
+    elif codec == "blosc-zstd":
+        compressor = [zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")]
+    else:
+        raise ValueError(f"unknown activation codec {codec!r}; expected none, zstd, blosc-lz4 or blosc-zstd")
+    return [*compressor, zarr.codecs.Crc32cCodec()]
 
 
 def encode_16bit(x: np.ndarray, logical_dtype: str) -> np.ndarray:
@@ -105,11 +124,13 @@ class ShardWriter:
             dtype="float16" if logical_dtype == "float16" else "uint16",
             compressors=make_codec(codec, level),
             attributes={"logical_dtype": logical_dtype, **(attrs or {})},
+            config={"write_empty_chunks": True},  # a missing chunk file then means damage
         )
         self.rows_written = 0
         self.write_seconds = 0.0  # time spent encoding + writing, for throughput reports
         self.sum_norm = 0.0
         self.sum_sq_norm = 0.0
+        self.max_abs = 0.0  # of the stored 16-bit values: the bound every read is checked against
 
     def write(self, start: int, x: np.ndarray) -> None:
         """Write float32 rows ``x`` at row ``start`` and update the norm statistics."""
@@ -118,9 +139,20 @@ class ShardWriter:
         if x.ndim != 2 or x.shape[1] != self.d_model:
             raise ValueError(f"expected rows of width {self.d_model}, got shape {x.shape}")
         norms = np.linalg.norm(x, axis=1).astype(np.float64)
+        if not np.isfinite(norms).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(norms))[0])
+            raise StoreError(f"shard {self.path}: row {bad} is not finite (the model produced inf or NaN)")
+        encoded = encode_16bit(x, self.logical_dtype)
+        decoded_max = float(np.abs(decode_16bit(encoded, self.logical_dtype)).max(initial=0.0))
+        if not np.isfinite(decoded_max):
+            raise StoreError(
+                f"shard {self.path}: rows {start}-{start + len(x)} overflow {self.logical_dtype} "
+                "(use activations.dtype bfloat16)"
+            )
         self.sum_norm += float(norms.sum())
         self.sum_sq_norm += float((norms**2).sum())
-        self.array[start : start + len(x)] = encode_16bit(x, self.logical_dtype)
+        self.max_abs = max(self.max_abs, decoded_max)
+        self.array[start : start + len(x)] = encoded
         self.rows_written += len(x)
         self.write_seconds += time.perf_counter() - t0
 
@@ -128,7 +160,12 @@ class ShardWriter:
         """Record statistics, check completeness and atomically move the shard into place."""
         if self.rows_written != self.n_rows:
             raise RuntimeError(f"shard {self.path}: wrote {self.rows_written} of {self.n_rows} rows")
-        stats = {"n_rows": self.n_rows, "sum_norm": self.sum_norm, "sum_sq_norm": self.sum_sq_norm}
+        stats = {
+            "n_rows": self.n_rows,
+            "sum_norm": self.sum_norm,
+            "sum_sq_norm": self.sum_sq_norm,
+            "max_abs": self.max_abs,
+        }
         self.array.attrs.update({"norm_stats": stats, **(extra_attrs or {})})
         if self.path.exists():
             shutil.rmtree(self.path)
@@ -165,7 +202,15 @@ def write_manifest(path: str | os.PathLike, shard_paths: list[str], meta: dict) 
                         f"{sp}: {key}={attrs[key]!r} differs from earlier shards ({shared[key]!r})"
                     )
         rel = os.path.relpath(sp, path.parent)
-        shards.append({"path": rel, "row_start": row, "n_rows": arr.shape[0], "chunk_rows": arr.chunks[0]})
+        shards.append(
+            {
+                "path": rel,
+                "row_start": row,
+                "n_rows": arr.shape[0],
+                "chunk_rows": arr.chunks[0],
+                "max_abs": attrs["norm_stats"].get("max_abs"),
+            }
+        )
         row += arr.shape[0]
         sum_norm += attrs["norm_stats"]["sum_norm"]
         n_total += attrs["norm_stats"]["n_rows"]
@@ -192,36 +237,86 @@ def write_manifest(path: str | os.PathLike, shard_paths: list[str], meta: dict) 
 @dataclass
 class _Shard:
     array: zarr.Array
+    path: Path
     row_start: int
     n_rows: int
+    max_abs: float | None  # None: a store written before the bound was recorded
+
+
+def chunk_files(array: zarr.Array, path: Path) -> list[Path]:
+    """The file of every storage chunk of a 2-D shard whose chunks span all columns."""
+    n_chunks = math.ceil(array.shape[0] / array.chunks[0]) if array.shape[0] else 0
+    encode = array.metadata.encode_chunk_key
+    return [path / encode((i, 0)) for i in range(n_chunks)]
 
 
 class ActivationStore:
     """Read-only view of one model's store through its manifest; returns float32 rows.
 
     Reads go straight to the zarr chunks they touch, so memory stays proportional to the
-    request, never to the store.
+    request, never to the store. Opening checks that every shard has its rows and every chunk
+    file; every read verifies checksums and the shard's magnitude bound (see the module doc).
     """
 
     def __init__(self, manifest_path: str | os.PathLike) -> None:
         self.manifest_path = Path(manifest_path)
-        self.manifest = json.loads(self.manifest_path.read_text())
+        try:
+            self.manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StoreError(f"activation store manifest {self.manifest_path} cannot be read: {exc}") from exc
         self.d_model: int = self.manifest["d_model"]
         self.n_rows: int = self.manifest["n_rows"]
         self.logical_dtype: str = self.manifest["logical_dtype"]
         self.norm_scale: float = self.manifest["norm"]["scale"]
-        self._shards = [
-            _Shard(
-                zarr.open_array(str(self.manifest_path.parent / s["path"]), mode="r"),
-                s["row_start"],
-                s["n_rows"],
-            )
-            for s in self.manifest["shards"]
-        ]
+        self._shards = [self._open_shard(s) for s in self.manifest["shards"]]
         self.chunk_rows: int = min(s["chunk_rows"] for s in self.manifest["shards"])
+
+    def _fail(self, what: str) -> StoreError:
+        return StoreError(
+            f"activation store {self.manifest_path.parent}: {what}. The store is damaged: delete "
+            f"{self.manifest_path.parent} and re-run its extraction"
+        )
+
+    def _open_shard(self, spec: dict) -> _Shard:
+        path = self.manifest_path.parent / spec["path"]
+        try:
+            array = zarr.open_array(str(path), mode="r")
+        except Exception as exc:
+            raise self._fail(f"shard {path.name} cannot be opened ({type(exc).__name__}: {exc})") from exc
+        if array.shape != (spec["n_rows"], self.d_model):
+            raise self._fail(
+                f"shard {path.name} has shape {array.shape}, the manifest says ({spec['n_rows']}, {self.d_model})"
+            )
+        missing = [f for f in chunk_files(array, path) if not f.is_file()]
+        if missing:
+            rel = missing[0].relative_to(path)
+            raise self._fail(f"shard {path.name} lacks {len(missing)} chunk file(s), first {rel}")
+        return _Shard(array, path, spec["row_start"], spec["n_rows"], spec.get("max_abs"))
 
     def __len__(self) -> int:
         return self.n_rows
+
+    def _read_shard(self, sh: _Shard, lo: int, hi: int) -> np.ndarray:
+        """Local rows ``[lo, hi)`` of one shard, decoded and checked against its bound."""
+        try:
+            raw = sh.array[lo:hi]
+        except Exception as exc:
+            step = sh.array.chunks[0]
+            chunks = f"{lo // step}" if (hi - 1) // step == lo // step else f"{lo // step}-{(hi - 1) // step}"
+            raise self._fail(
+                f"shard {sh.path.name}, chunk {chunks} (rows {lo}-{hi}) cannot be decoded "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        x = decode_16bit(raw, self.logical_dtype)
+        top = float(np.abs(x).max(initial=0.0))
+        bound = np.inf if sh.max_abs is None else sh.max_abs * (1 + MAX_ABS_SLACK)
+        if not (np.isfinite(top) and top <= bound):  # NaN fails both
+            bad = lo + int(np.flatnonzero(~(np.isfinite(x) & (np.abs(x) <= bound)).all(axis=1))[0])
+            raise self._fail(
+                f"shard {sh.path.name}, row {bad}: |x| reaches {top:.3g}, beyond the "
+                f"{sh.max_abs if sh.max_abs is not None else 'finite'} it held when written"
+            )
+        return x
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` as float32 ``[stop-start, d_model]``, across shard borders."""
@@ -231,12 +326,10 @@ class ActivationStore:
         for sh in self._shards:
             lo, hi = max(start, sh.row_start), min(stop, sh.row_start + sh.n_rows)
             if lo < hi:
-                parts.append(sh.array[lo - sh.row_start : hi - sh.row_start])
+                parts.append(self._read_shard(sh, lo - sh.row_start, hi - sh.row_start))
         if not parts:
-            raw = np.empty((0, self.d_model), dtype=np.uint16)
-        else:
-            raw = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return decode_16bit(raw, self.logical_dtype)
+            return np.empty((0, self.d_model), dtype=np.float32)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def blocks(self) -> list[tuple[int, int]]:
         """Row ranges aligned to storage chunks (never crossing a shard): the unit of I/O."""
