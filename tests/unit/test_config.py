@@ -179,14 +179,13 @@ def schema_defaults(node: dict) -> object:
 
 
 def test_interpret_and_categories_schema_match_library_defaults():
-    import dataclasses
 
     from mneme.categorize import DEFAULTS as CATEGORIES
     from mneme.explainer_prompts import PromptConfig
     from mneme.interpret import DEFAULTS as INTERPRET
 
     props = yaml.safe_load(SCHEMA.read_text())["properties"]
-    interpret = {**INTERPRET, "prompt": dataclasses.asdict(PromptConfig())}
+    interpret = {**INTERPRET, "prompt": PromptConfig().to_dict()}
     assert schema_defaults(props["interpret"]) == interpret
     schema_cat = schema_defaults(props["categories"])
     assert schema_cat.pop("file") is None  # resolved by the workflow, not the library

@@ -13,6 +13,7 @@ from mneme.explainer_prompts import (
     build_classify_prompt,
     build_detection_prompts,
     build_explainer_prompt,
+    choose_examples,
     detection_items,
     detection_metrics,
     highlight,
@@ -43,7 +44,7 @@ EX2 = Example.of([0, 7, 8, 9, 10], [0.0, 1.0, 0.2, 0.0, 2.0])
 
 
 def test_explainer_prompt_matches_hand_written():
-    messages = build_explainer_prompt([EX1, EX2], TOK, {"n_examples": 5})
+    messages = build_explainer_prompt([EX1, EX2], TOK, {"n_examples": 5, "few_shot": False})
     # max over the shown examples is 4.0: levels ceil(10*a/4)
     expected_user = (
         'Example 1: The<< cat sat>> on the<< mat>>\nActivations: (" cat" : 5), (" sat" : 8), (" mat" : 10)'
@@ -59,7 +60,10 @@ def test_explainer_prompt_matches_hand_written():
 
 def test_prompt_options_examples_system_and_scale():
     messages = build_explainer_prompt(
-        [EX1, EX2], TOK, {"n_examples": 1, "system_prompt": "Be brief.", "show_activations": False}, 8.0
+        [EX1, EX2],
+        TOK,
+        {"n_examples": 1, "system_prompt": "Be brief.", "show_activations": False, "few_shot": False},
+        8.0,
     )
     assert messages[0]["content"] == "Be brief."
     assert messages[1]["content"] == "Example 1: The<< cat sat>> on the<< mat>>"
@@ -70,6 +74,54 @@ def test_prompt_options_examples_system_and_scale():
         PromptConfig.from_dict({"n_exampels": 3})
     with pytest.raises(ValueError, match="no examples"):
         build_explainer_prompt([], TOK)
+
+
+def test_few_shot_turns_match_hand_written():
+    """The worked examples, rendered like a real latent: levels against each made-up latent's max
+    (8 for cooking, 9 for the verbs and the colours), highlights against each example's own."""
+    messages = build_explainer_prompt([EX1], TOK)
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert messages[1]["content"] == (
+        'Example 1: Stir the<< onions>> until golden, then add the<< garlic>>\nActivations: (" onions" : 8), '
+        '(" garlic" : 9)\n\nExample 2: She<< baked>> a<< loaf>> of<< rye bread>> for the market\n'
+        'Activations: (" baked" : 7), (" loaf" : 4), (" rye" : 5), (" bread" : 10)'
+    )
+    assert messages[2]["content"] == (
+        "[EXPLANATION]: Food and cooking: ingredients, dishes and what is done to them in a kitchen."
+    )
+    assert messages[3]["content"] == (
+        'Example 1: The fox<< ran>> across the field and<< jumped>> the fence\nActivations: (" ran" : 10), '
+        '(" jumped" : 8)\n\nExample 2: After lunch they<< walked>> to the harbour\nActivations: (" walked" : 9)'
+    )
+    assert messages[5]["content"] == (
+        'Example 1: a dress of<< deep crimson>> silk\nActivations: (" deep" : 4), (" crimson" : 10)\n\n'
+        'Example 2: The sky turned<< pale blue>> at dawn\nActivations: (" pale" : 5), (" blue" : 9)'
+    )
+    assert messages[6]["content"].startswith("[EXPLANATION]: Names of colours")
+    assert messages[7]["content"].startswith("Example 1: The<< cat sat>>")
+    # the worked examples follow the prompt options too
+    quiet = build_explainer_prompt([EX1], TOK, {"show_activations": False})
+    assert quiet[1]["content"].startswith(
+        "Example 1: Stir the<< onions>> until golden, then add the<< garlic>>\n\n"
+    )
+
+
+def test_choose_examples_mixes_top_and_quantiles_and_holds_the_rest_out():
+    top = [Example.of([1], [10.0 - i]) for i in range(6)]
+    quant = [Example.of([2], [0.1 * q]) for q in range(10)]  # weakest quantile first
+    shown, held = choose_examples(top, quant, {"n_examples": 5, "examples": "mix"})
+    # 3 top + 2 quantile examples spread from the strongest to the weakest
+    assert shown == [top[0], top[1], top[2], quant[9], quant[0]]
+    assert held == quant[1:9]
+    shown, held = choose_examples(top, quant, {"n_examples": 4, "examples": "quantiles"})
+    assert shown == [quant[9], quant[6], quant[3], quant[0]] and len(held) == 6
+    shown, held = choose_examples(top, quant, {"n_examples": 4, "examples": "top"})
+    assert shown == top[:4] and held == quant
+    # too few quantile examples: topped up from the top ones
+    shown, held = choose_examples(top, quant[:1], {"n_examples": 4, "examples": "quantiles"})
+    assert shown == [*top[:3], quant[0]] and held == []
+    with pytest.raises(ValueError, match="interpret.prompt.examples"):
+        PromptConfig.from_dict({"examples": "best"})
 
 
 def test_highlight_merges_runs_and_uses_per_example_threshold():
@@ -109,6 +161,25 @@ def test_scale_and_listing_limit():
         ("", ""),
         (None, ""),
         ("[EXPLANATION]:", ""),
+        # messy answers of a small explainer
+        (  # a sentence looping until the length limit
+            "[EXPLANATION]: The act of a plant that is a type of fruit is called a fruit. The act of a plant "
+            "that is a type of fruit is called a fruit. The act of a",
+            "The act of a plant that is a type of fruit is called a fruit.",
+        ),
+        (  # cut off mid-sentence after a complete one
+            "[EXPLANATION]: Words about ships. Mostly sails, masts and the parts of a",
+            "Words about ships.",
+        ),
+        ("[EXPLANATION]: A. B. C. D.", "A. B."),  # at most two sentences
+        ("[EXPLANATION]: plants plants plants plants plants", "plants"),
+        ("[EXPLANATION]: names of the the the the moths", "names of the moths"),
+        ("[EXPLANATION]: a b a b a b a b c", "a b c"),
+        (  # no marker: the prompt's format is not an explanation
+            'Example 1: the<< cat>>\nActivations: ("cat" : 10)\nFeline words such as cat and kitten.',
+            "Feline words such as cat and kitten.",
+        ),
+        ("Nouns for birds and their nests", "Nouns for birds and their nests"),  # no marker, no stop
     ],
 )
 def test_parse_explanation(answer, expected):
@@ -143,6 +214,7 @@ def test_detection_metrics_on_hand_made_judgments():
         ("1 0 1 1", 3, [True, False, True]),
         ("[yes, no]", 2, [None, None]),
         ("", 2, [None, None]),
+        ("[1, 0, 1", 3, [True, False, True]),  # generation stopped at the closing bracket
     ],
 )
 def test_parse_detection(answer, n, expected):
@@ -187,3 +259,13 @@ def test_prompt_hash_is_stable_and_sensitive():
     m = build_explainer_prompt([EX1], TOK)
     assert prompt_hash(m, max_tokens=10) == prompt_hash([dict(x) for x in m], max_tokens=10)
     assert prompt_hash(m, max_tokens=10) != prompt_hash(m, max_tokens=11)
+    gen = PromptConfig().generation()
+    assert gen == {
+        "max_tokens": 64,
+        "temperature": 0.0,
+        "stop": ["\n"],
+        "min_tokens": 4,
+        "repetition_penalty": 1.1,
+        "frequency_penalty": 0.0,
+    }
+    assert prompt_hash(m, **gen) != prompt_hash(m, **PromptConfig(repetition_penalty=1.0).generation())

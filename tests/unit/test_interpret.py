@@ -75,7 +75,9 @@ class FakeBackend:
     name = "fake"
     model = "fake-model"
 
-    def __init__(self, crash_after: int | None = None, fail_when: str | None = None, judge_word: str = "cat"):
+    def __init__(
+        self, crash_after: int | None = None, fail_when: str | None = None, judge_word: str | None = "cat"
+    ):
         self.prompts: list = []
         self.crash_after = crash_after
         self.fail_when = fail_when
@@ -85,11 +87,12 @@ class FakeBackend:
         user = messages[-1]["content"]
         if user.startswith("Feature description:"):
             lines = [ln for ln in user.split("\n") if ln[:1].isdigit()]
-            return "[" + ", ".join("1" if self.judge_word in ln else "0" for ln in lines) + "]"
+            word = self.judge_word or user.split("\n", 1)[0].split()[-1]  # None: follow the description
+            return "[" + ", ".join("1" if word in ln else "0" for ln in lines) + "]"
         word = user.split("<<", 1)[1].split(">>", 1)[0].strip()
         return f"The examples share a word.\n[EXPLANATION]: the word {word}\n\nextra junk"
 
-    def generate_many(self, prompts, max_tokens=None, temperature=None):
+    def generate_many(self, prompts, max_tokens=None, temperature=None, **decoding):
         for i, messages in enumerate(prompts):
             if self.crash_after is not None and len(self.prompts) >= self.crash_after:
                 raise KeyboardInterrupt("simulated crash")
@@ -100,7 +103,7 @@ class FakeBackend:
                 yield i, self.answer(messages)
 
 
-CFG = {"n_examples": 3, "max_tokens": 32}
+CFG = {"n_examples": 3, "max_tokens": 32, "examples": "top"}  # cache tests: top examples only
 
 
 def test_second_run_asks_nothing(tmp_path):
@@ -170,7 +173,7 @@ def test_failed_requests_raise_after_caching_or_are_skipped(tmp_path):
 
 def test_detection_scoring_and_its_cache(tmp_path):
     ctx, cache = make_contexts(), tmp_path / "cache.jsonl"
-    cfg = {**CFG, "detection": {"n_positive": 4, "n_negative": 4, "batch_size": 3}}
+    cfg = {**CFG, "detection": {"n_positive": 4, "n_negative": 4, "batch_size": 3, "control": False}}
     b = FakeBackend(judge_word="cat")
     df = interpret_latents(ctx, [1, 2], TOK, b, cache, cfg, "fake", score=True).set_index("latent")
     assert len(b.prompts) == 2 + 2 * 3  # 2 explanations + ceil(8 / 3) detection batches each
@@ -183,6 +186,42 @@ def test_detection_scoring_and_its_cache(tmp_path):
     df2 = interpret_latents(ctx, [1, 2], TOK, b2, cache, cfg, "fake", score=True).set_index("latent")
     assert b2.prompts == []
     assert df2.loc[1, "detection_f1"] == 1.0
+
+
+def test_detection_control_is_another_latents_explanation(tmp_path):
+    """A judge that follows the description: each latent's own explanation is perfect, another
+    latent's explanation on the same items finds nothing (balanced accuracy 0.5)."""
+    ctx, cache = make_contexts(), tmp_path / "cache.jsonl"
+    cfg = {**CFG, "detection": {"n_positive": 4, "n_negative": 4, "batch_size": 4}}
+    b = FakeBackend(judge_word=None)
+    df = interpret_latents(ctx, [1, 2, 3], TOK, b, cache, cfg, "fake", score=True).set_index("latent")
+    assert len(b.prompts) == 3 + 3 * 2 * 2  # explanations + own and control batches
+    assert df["control_explanation"].to_dict() == {1: "the word dog", 2: "the word court", 3: "the word cat"}
+    assert (df["detection_balanced_accuracy"] == 1.0).all()
+    assert (df["control_balanced_accuracy"] == 0.5).all()
+    assert (df["detection_margin"] == 0.5).all() and df["beats_control"].all()
+    # a judge that ignores the description: the control does as well, no explanation beats it
+    df = interpret_latents(
+        ctx, [1, 2, 3], TOK, FakeBackend(judge_word="cat"), tmp_path / "c2.jsonl", cfg, "f", score=True
+    )
+    assert not df.set_index("latent")["beats_control"].any()
+
+
+def test_detection_judges_only_examples_the_explainer_did_not_see(tmp_path):
+    ctx = make_contexts()
+    quantile = ctx[(ctx["latent"] == 1) & (ctx["kind"] == "quantile")]
+    cfg = {
+        "n_examples": 4,
+        "examples": "mix",
+        "max_tokens": 32,
+        "detection": {"n_negative": 0, "batch_size": 10},
+    }
+    b = FakeBackend(judge_word="cat")
+    df = interpret_latents(ctx, [1], TOK, b, tmp_path / "c.jsonl", cfg, "fake", score=True)
+    explain_prompt = b.prompts[0][-1]["content"]
+    assert explain_prompt.count("Example ") == 4  # 2 top + 2 of the 4 quantile examples
+    # the 2 quantile examples not shown are the positives judged
+    assert df.loc[0, "detection_n"] == len(quantile) - 2
 
 
 def test_keywords_backend_log_odds(tmp_path):
@@ -403,3 +442,18 @@ def test_lazy_backend_is_not_opened_when_every_answer_is_cached(tmp_path):
         lazy = LazyBackend(opener, "fake", stack)
         df = interpret_latents(ctx, [1, 2], TOK, lazy, cache, CFG, "fake:v1")
         assert df["cached"].all() and not lazy.opened and opened == [1]
+
+
+def test_decoding_options_reach_the_request_only_where_the_server_knows_them():
+    gen = {"stop": ["\n"], "min_tokens": 4, "repetition_penalty": 1.1, "frequency_penalty": 0.0}
+    vllm = OpenAIBackend("http://127.0.0.1:9/v1", "m", name="vllm")
+    assert vllm.request_options(gen) == {
+        "stop": ["\n"],
+        "extra_body": {"min_tokens": 4, "repetition_penalty": 1.1},
+    }
+    openai = OpenAIBackend("http://127.0.0.1:9/v1", "m")  # an OpenAI endpoint rejects vLLM's parameters
+    assert openai.request_options({**gen, "frequency_penalty": 0.5}) == {
+        "stop": ["\n"],
+        "frequency_penalty": 0.5,
+    }
+    assert vllm.request_options({"repetition_penalty": 1.0}) == {}

@@ -79,6 +79,35 @@ def _categories() -> pd.DataFrame:
     )
 
 
+def _explanations(scored: bool) -> list[dict]:
+    """explanations.jsonl: scored with controls (latent 1 no better than its control), or every
+    request failed under interpret.on_error: skip."""
+    if not scored:
+        return [
+            {
+                "latent": lat,
+                "explanation": "",
+                "error": "APIConnectionError: Connection error.",
+                "cached": False,
+            }
+            for lat in (0, 1, 2, 3)
+        ]
+    rows = []
+    for lat, own, ctl in ((0, 0.9, 0.5), (1, 0.55, 0.6), (2, 0.8, 0.4), (3, 0.7, 0.5)):
+        rows.append(
+            {
+                "latent": lat,
+                "explanation": f"explanation {lat}",
+                "error": None,
+                "detection_balanced_accuracy": own,
+                "control_balanced_accuracy": ctl,
+                "detection_margin": own - ctl,
+                "beats_control": own > ctl,
+            }
+        )
+    return rows
+
+
 def _evaluation() -> dict:
     per = [
         {"category": "chemistry", "n": 40, "base_mean": -4.0, "ft_mean": -4.5, "delta": -0.5},
@@ -171,6 +200,7 @@ def make_pair(root: Path, name: str = "full", complete: bool = True) -> dict[str
             d / "validation.json", {"fvu_base": 0.03, "fvu_ft": 0.04, "l0": 30.5, "dead_fraction": 0.05}
         ),
         "crosscoder_config": _write(d / "config.json", {"dict_size": 6, "k": 2, "stores": stores}),
+        "explanations": _write(d / "explanations.jsonl", _explanations(complete)),
         "tokenizer": None,
         "contexts": None,
         "metrics": None,
@@ -279,6 +309,28 @@ def test_top_latents_are_ordered_and_include_controls(built):
     assert amplified.index("<td>0</td>") < amplified.index("<td>1</td>")  # by strength
     assert "Unchanged controls (1)" in latents  # latent 3 selected; latent 4 not
     assert "chemistry" in amplified and "provenance: chemistry (0.9)" in amplified
+
+
+def test_explanation_quality_is_shown_per_latent_and_on_average(built):
+    html, summary, _ = built
+    latents = _section(html, "full-latents")
+    # means over the 4 scored latents: (0.9+0.55+0.8+0.7)/4 = 0.7375, controls 0.5; 3 of 4 beat theirs
+    assert "mean balanced accuracy <b>0.7375</b> over 4 scored latents" in latents
+    assert "control (another latent's explanation on the same examples) 0.5" in latents
+    assert "75 % of the explanations beat their control" in latents
+    assert latents.count("✗</span>") == 1  # latent 1, in the amplified table
+    row = summary.set_index("pair").loc["full"]
+    assert row["explanations_detection_ba"] == pytest.approx(0.7375)
+    assert row["explanations_beats_control"] == pytest.approx(0.75)
+
+
+def test_failed_explanations_are_a_warning_not_silence(built):
+    """interpret.on_error: skip with every request failing: the report says no explanation was obtained."""
+    html, summary, _ = built
+    latents = _section(html, "partial-pair-latents")
+    assert "4 of 4 explanation requests failed" in latents and "APIConnectionError" in latents
+    assert "No explanation was obtained" in latents
+    assert summary.set_index("pair").loc["partial pair", "explanations_n_failed"] == 4
 
 
 def test_metrics_and_prediction_sections(built):

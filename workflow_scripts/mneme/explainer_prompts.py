@@ -2,10 +2,14 @@
 
 Three prompt kinds, all returned as OpenAI-style chat messages (``[{"role", "content"}, ...]``):
 
-- Explainer (method.md F14, in the style of delphi's DefaultExplainer): the top-activating
-  examples of one latent, each shown as text with the activating tokens marked ``<<...>>`` and
-  followed by a list of up to 10 activating tokens with a 0-10 activation level. The answer ends
-  with ``[EXPLANATION]: ...``; :func:`parse_explanation` extracts it.
+- Explainer (method.md F14, in the style of delphi's DefaultExplainer): examples of one latent
+  (its top-activating contexts and, by default, contexts spread over its activation quantiles),
+  each shown as text with the activating tokens marked ``<<...>>`` and followed by a list of up to
+  10 activating tokens with a 0-10 activation level. Three worked examples (few-shot turns, on
+  subjects outside every category set we ship, so that a weak explainer copying one does not
+  invent a category signal) show the one-line answer ``[EXPLANATION]: ...``; decoding stops at the
+  end of that line and penalises repetition, and :func:`parse_explanation` keeps the complete,
+  non-repeated sentences of the answer.
 - Detection (F15): given an explanation, the explainer judges held-out examples (quantile
   examples are positives, non-activating ones negatives) as activating or not;
   :func:`detection_metrics` turns the judgments into balanced accuracy, precision, recall, F1.
@@ -38,7 +42,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "a kind of word, a grammatical role, a formatting pattern, or something that the following "
     "text is likely to be about. Prefer a specific description to a generic one, and mention "
     "the subject area when the excerpts share one.\n\n"
-    "Keep any reasoning short. End your answer with one line of the form\n"
+    "Answer with one line of the form\n"
     f"{EXPLANATION_MARKER} <a concise description of the feature, one sentence at most>"
 )
 
@@ -64,13 +68,18 @@ DEFAULT_CLASSIFY_SYSTEM_PROMPT = (
 # configuration
 
 
+EXAMPLE_CHOICES = ("top", "quantiles", "mix")
+
+
 @dataclass(frozen=True)
 class DetectionConfig:
-    n_positive: int = 20  # quantile (activating) examples judged per latent
+    n_positive: int = 20  # held-out quantile (activating) examples judged per latent
     n_negative: int = 20  # non-activating examples judged per latent
     batch_size: int = 5  # examples per detection prompt
-    max_tokens: int = 48
+    max_tokens: int = 32
+    stop: tuple[str, ...] = ("]",)  # the answer is one bracketed list
     seed: int = 0
+    control: bool = True  # also judge with another latent's explanation (the chance level)
     system_prompt: str | None = None  # None: DEFAULT_DETECTION_SYSTEM_PROMPT
 
 
@@ -78,13 +87,19 @@ class DetectionConfig:
 class PromptConfig:
     """Settings that shape the explainer prompt and request (all enter the prompt hash)."""
 
-    n_examples: int = 20  # top-activating examples shown (delphi: 40; fewer fit small explainers)
+    n_examples: int = 20  # examples shown (delphi: 40; fewer fit small explainers)
+    examples: str = "mix"  # top | quantiles | mix (half top, half spread over the quantiles)
+    few_shot: bool = True  # three worked examples before the latent's own
     threshold: float = 0.3  # highlight tokens with a > threshold * max(a in the example)
     max_listed_tokens: int = 10  # activating tokens listed after each example
     show_activations: bool = True  # the "Activations:" line under each example
     system_prompt: str | None = None  # None: DEFAULT_SYSTEM_PROMPT
-    max_tokens: int = 256  # answer length of the explainer
+    max_tokens: int = 64  # answer length of the explainer: one or two sentences
     temperature: float = 0.0
+    stop: tuple[str, ...] = ("\n",)  # the answer is one line
+    min_tokens: int = 4  # vLLM: no stop before this many tokens (a leading newline is not an answer)
+    repetition_penalty: float = 1.1  # vLLM's multiplicative penalty (1 = off; not sent to openai)
+    frequency_penalty: float = 0.0  # OpenAI's additive penalty per earlier occurrence
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     @classmethod
@@ -95,19 +110,47 @@ class PromptConfig:
         cfg = dict(cfg or {})
         det = cfg.pop("detection", None)
         _check_keys(cfg, cls, "interpret.prompt")
+        if "stop" in cfg:
+            cfg["stop"] = tuple(cfg["stop"] or ())
         if det is not None and not isinstance(det, DetectionConfig):
             det = dict(det)
             _check_keys(det, DetectionConfig, "interpret.prompt.detection")
+            if "stop" in det:
+                det["stop"] = tuple(det["stop"] or ())
             det = DetectionConfig(**det)
         out = cls(**cfg, **({"detection": det} if det is not None else {}))
         if out.n_examples < 1:
             raise ValueError("interpret.prompt.n_examples must be >= 1")
         if not 0.0 <= out.threshold < 1.0:
             raise ValueError("interpret.prompt.threshold must be in [0, 1)")
+        if out.examples not in EXAMPLE_CHOICES:
+            raise ValueError(
+                f"interpret.prompt.examples must be one of {EXAMPLE_CHOICES}, not {out.examples!r}"
+            )
         return out
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as config values (tuples become lists, as YAML writes them)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def generation(self) -> dict[str, Any]:
+        """Decoding settings of an explanation request (the backend's keywords; in the hash)."""
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "stop": list(self.stop),
+            "min_tokens": self.min_tokens,
+            "repetition_penalty": self.repetition_penalty,
+            "frequency_penalty": self.frequency_penalty,
+        }
+
+    def detection_generation(self) -> dict[str, Any]:
+        """Decoding settings of a detection request (greedy, no penalty: the answer is 0s and 1s)."""
+        return {
+            "max_tokens": self.detection.max_tokens,
+            "temperature": 0.0,
+            "stop": list(self.detection.stop),
+        }
 
 
 def _check_keys(cfg: Mapping, cls, where: str) -> None:
@@ -214,16 +257,71 @@ def render_example(
     return text
 
 
+# Worked examples shown before the latent's own (few-shot turns). Each is a made-up latent: its
+# examples as (tokens, activations) and the one-line answer. Subjects (cooking, verbs of motion,
+# colours) are outside every shipped category set on purpose.
+FEW_SHOT: tuple[tuple[tuple[tuple[tuple[str, ...], tuple[float, ...]], ...], str], ...] = (
+    (
+        (
+            (
+                ("Stir", " the", " onions", " until", " golden", ",", " then", " add", " the", " garlic"),
+                (0, 0, 6, 0, 0, 0, 0, 2, 0, 7),
+            ),
+            (
+                ("She", " baked", " a", " loaf", " of", " rye", " bread", " for", " the", " market"),
+                (0, 5, 0, 3, 0, 4, 8, 0, 0, 0),
+            ),
+        ),
+        "Food and cooking: ingredients, dishes and what is done to them in a kitchen.",
+    ),
+    (
+        (
+            (
+                ("The", " fox", " ran", " across", " the", " field", " and", " jumped", " the", " fence"),
+                (0, 0, 9, 1, 0, 0, 0, 7, 0, 0),
+            ),
+            (("After", " lunch", " they", " walked", " to", " the", " harbour"), (0, 0, 0, 8, 2, 0, 0)),
+        ),
+        "Verbs of movement in the past tense, such as ran, jumped and walked.",
+    ),
+    (
+        (
+            (("a", " dress", " of", " deep", " crimson", " silk"), (0, 0, 0, 3, 9, 0)),
+            (("The", " sky", " turned", " pale", " blue", " at", " dawn"), (0, 0, 0, 4, 8, 0, 0)),
+        ),
+        "Names of colours, often after a word for their shade (deep crimson, pale blue).",
+    ),
+)
+
+
+def render_examples(
+    examples: Sequence[tuple[Sequence[str], Sequence[float]]], max_act: float, cfg: PromptConfig
+) -> str:
+    """The user turn: examples (string tokens, activations) numbered from 1, blank-line separated."""
+    return "\n\n".join(render_example(i, t, a, max_act, cfg) for i, (t, a) in enumerate(examples, start=1))
+
+
+def few_shot_turns(cfg: PromptConfig) -> list[dict[str, str]]:
+    """The worked examples as alternating user / assistant turns, rendered like a real latent."""
+    turns: list[dict[str, str]] = []
+    for examples, answer in FEW_SHOT:
+        top = max(max(a) for _, a in examples)
+        turns.append({"role": "user", "content": render_examples(examples, top, cfg)})
+        turns.append({"role": "assistant", "content": f"{EXPLANATION_MARKER} {answer}"})
+    return turns
+
+
 def build_explainer_prompt(
     examples: Sequence[Example],
     tokenizer,
     cfg: PromptConfig | Mapping | None = None,
     max_latent_activation: float | None = None,
 ) -> list[dict[str, str]]:
-    """Chat messages asking for an explanation of one latent from its top examples.
+    """Chat messages asking for an explanation of one latent from its examples.
 
-    ``examples`` are in rank order; the first ``cfg.n_examples`` are shown.
-    ``max_latent_activation`` defaults to the largest activation among the shown examples.
+    ``examples`` are shown in the given order (see :func:`choose_examples`), at most
+    ``cfg.n_examples``; ``max_latent_activation`` (the 10 of the 0-10 levels) defaults to the
+    largest activation among them. With ``cfg.few_shot`` the worked examples come first.
     """
     cfg = PromptConfig.from_dict(cfg)
     shown = list(examples)[: cfg.n_examples]
@@ -231,44 +329,120 @@ def build_explainer_prompt(
         raise ValueError("no examples to explain")
     if max_latent_activation is None:
         max_latent_activation = max(max(e.activations, default=0.0) for e in shown)
-    blocks = [
-        render_example(i, decode_tokens(tokenizer, e.token_ids), e.activations, max_latent_activation, cfg)
-        for i, e in enumerate(shown, start=1)
-    ]
-    user = "\n\n".join(blocks)
+    user = render_examples(
+        [(decode_tokens(tokenizer, e.token_ids), e.activations) for e in shown], max_latent_activation, cfg
+    )
     return [
         {"role": "system", "content": cfg.system_prompt or DEFAULT_SYSTEM_PROMPT},
+        *(few_shot_turns(cfg) if cfg.few_shot else []),
         {"role": "user", "content": user},
     ]
 
 
+def spread(n_items: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n_items)``, first and last included."""
+    if k <= 0 or n_items <= 0:
+        return []
+    if k >= n_items:
+        return list(range(n_items))
+    return sorted({int(round(i * (n_items - 1) / max(k - 1, 1))) for i in range(k)})
+
+
+def choose_examples(
+    top: Sequence[Example], quantile: Sequence[Example], cfg: PromptConfig | Mapping | None = None
+) -> tuple[list[Example], list[Example]]:
+    """(examples shown to the explainer, quantile examples held out for detection).
+
+    ``quantile`` is ordered from the weakest activation quantile to the strongest. ``top``: the
+    first ``n_examples`` top examples. ``quantiles``: ``n_examples`` spread evenly over the
+    quantiles (strongest first), topped up from ``top`` when there are too few. ``mix``: half
+    (rounded up) top examples, the rest spread over the quantiles. Examples shown are never
+    judged in detection, so the score measures the explanation, not the explainer's memory.
+    """
+    cfg = PromptConfig.from_dict(cfg)
+    n = cfg.n_examples
+    n_top = {"top": n, "quantiles": 0, "mix": (n + 1) // 2}[cfg.examples]
+    picked = spread(len(quantile), n - n_top)
+    shown_q = [quantile[i] for i in reversed(picked)]
+    n_top = n - len(shown_q)  # too few quantile examples: more top ones
+    held = [q for i, q in enumerate(quantile) if i not in set(picked)]
+    return list(top[:n_top]) + shown_q, held
+
+
 _MARKER_RE = re.compile(r"\[\s*explanation\s*\]\s*:?", re.IGNORECASE)
-_FALLBACK_EXPLANATION = ""
+_ECHO_RE = re.compile(r"^\s*(example\s*\d+\s*:|activations\s*:)", re.IGNORECASE)
+_SENTENCE_RE = re.compile(r"[^.!?]+(?:[.!?]+|$)")
+MAX_SENTENCES = 2  # an explanation is one or two sentences
+
+
+def _collapse_phrase_loops(text: str, min_repeats: int = 3, max_words: int = 8) -> str:
+    """Keep one copy of a phrase of 1-``max_words`` words repeated back to back ``min_repeats``
+    times or more ("names of the the the moths" -> "names of the moths")."""
+    words = text.split()
+    low = [w.lower() for w in words]
+    for n in range(1, max_words + 1):
+        i = 0
+        while i + n * min_repeats <= len(words):
+            unit, r = low[i : i + n], 1
+            while low[i + r * n : i + (r + 1) * n] == unit:
+                r += 1
+            if r >= min_repeats:
+                del words[i + n : i + r * n], low[i + n : i + r * n]
+            i += 1
+    return " ".join(words)
+
+
+def clean_explanation(text: str) -> str:
+    """The complete, distinct sentences of an explanation, at most :data:`MAX_SENTENCES`.
+
+    A sentence that repeats an earlier one ends the explanation (the explainer is looping); a
+    trailing sentence with no end punctuation is dropped when a complete one precedes it (the
+    answer hit its length limit); a phrase looping inside a sentence is kept once.
+    """
+    text = re.sub(r"\s+", " ", text).strip()
+    sentences = [m.group(0).strip() for m in _SENTENCE_RE.finditer(text) if m.group(0).strip()]
+    kept: list[str] = []
+    seen: set[str] = set()
+    for sent in sentences:
+        key = re.sub(r"[^a-z0-9]+", " ", sent.lower()).strip()
+        if key in seen:
+            break
+        seen.add(key)
+        kept.append(sent)
+    if len(kept) > 1 and kept[-1][-1] not in ".!?":
+        kept.pop()
+    kept = kept[:MAX_SENTENCES]
+    return _collapse_phrase_loops(" ".join(kept))
 
 
 def parse_explanation(answer: str | None) -> str:
     """The explanation in an explainer answer.
 
     Takes the text after the last ``[EXPLANATION]:`` marker (any case, spaces allowed), up to the
-    first blank line. Without a marker, takes the last non-empty line. Strips quotes, markdown
-    emphasis and surrounding whitespace; collapses inner whitespace. Never raises; an empty or
-    missing answer gives ``""``.
+    first blank line. Without a marker, takes the answer's lines that do not echo the prompt's
+    format ("Example 3: ...", "Activations: ..."), from the last paragraph that has any. Then
+    strips quotes and markdown emphasis and keeps the complete, distinct sentences
+    (:func:`clean_explanation`). Never raises; an empty or missing answer gives ``""``.
     """
     if not answer:
-        return _FALLBACK_EXPLANATION
+        return ""
     text = answer.replace("\r\n", "\n")
     markers = list(_MARKER_RE.finditer(text))
     if markers:
         tail = text[markers[-1].end() :].strip()
         tail = re.split(r"\n\s*\n", tail, maxsplit=1)[0]  # trailing junk after a blank line
     else:
-        lines = [ln for ln in text.split("\n") if ln.strip()]
-        tail = lines[-1] if lines else ""
+        paragraphs = [
+            [ln for ln in par.split("\n") if ln.strip() and not _ECHO_RE.match(ln)]
+            for par in re.split(r"\n\s*\n", text)
+        ]
+        paragraphs = [p for p in paragraphs if p]
+        tail = " ".join(paragraphs[-1]) if paragraphs else ""
     tail = re.sub(r"\s+", " ", tail).strip()
     tail = tail.strip("*_`").strip()
     if len(tail) >= 2 and tail[0] == tail[-1] and tail[0] in "\"'":
         tail = tail[1:-1].strip()
-    return tail
+    return clean_explanation(tail)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +506,8 @@ def parse_detection(answer: str | None, n: int) -> list[bool | None]:
     """
     if not answer:
         return [None] * n
+    if answer.count("[") > answer.count("]"):  # generation stopped at the closing bracket
+        answer += "]"
     candidates = []
     for m in _LIST_RE.finditer(answer):
         vals = re.findall(r"[^,\s]+", m.group(1))

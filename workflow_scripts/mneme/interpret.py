@@ -27,6 +27,7 @@ from mneme.explainer_prompts import (
     PromptConfig,
     build_detection_prompts,
     build_explainer_prompt,
+    choose_examples,
     detection_items,
     detection_metrics,
     parse_detection,
@@ -48,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "backend": "vllm",  # vllm | openai | keywords
     "top_k": 100,  # latents per direction, by attribution strength (0: all)
     "directions": ["amplified", "suppressed", "unchanged"],
-    "score": False,  # detection scoring (F15): 1 + ceil((n_pos + n_neg) / batch_size) requests per latent
+    "score": True,  # detection scoring (F15): 2 ceil((n_pos + n_neg) / batch_size) requests per latent
     "explainer_id": None,  # cache key for the explainer; default "<backend>:<model>"
     "on_error": "raise",  # raise | skip: what to do when a request still fails after retries
     "concurrency": 8,
@@ -223,20 +224,22 @@ def interpret_latents(
     exs = examples_by_latent(contexts_df[contexts_df["latent"].isin(wanted)])
 
     # 1. explanation prompts
+    gen = cfg.generation()
     jobs: dict[int, dict[str, Any]] = {}
     for latent in wanted:
         rec = exs.get(latent)
         if rec is None or not rec["top"]:
             log.warning("latent %d has no top-activating examples: not explained", latent)
             continue
-        top = rec["top"][: cfg.n_examples]
+        shown, held_out = choose_examples(rec["top"], rec["quantile"], cfg)
         max_act = rec["max"] or None
-        messages = build_explainer_prompt(top, tokenizer, cfg, max_act)
+        messages = build_explainer_prompt(shown, tokenizer, cfg, max_act)
         if extractive:
             phash = prompt_hash(messages, backend=backend_name, settings=backend.settings())
         else:
-            phash = prompt_hash(messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature)
-        jobs[latent] = {"messages": messages, "hash": phash, "top": top, "max": max_act}
+            phash = prompt_hash(messages, **gen)
+        jobs[latent] = {"messages": messages, "hash": phash, "top": shown, "max": max_act}
+        rec["held_out"] = held_out  # the quantile examples detection may judge
 
     rows: dict[int, dict[str, Any]] = {}
     errors: dict[int, str] = {}
@@ -283,9 +286,7 @@ def interpret_latents(
     elif todo:
         prompts = [jobs[latent]["messages"] for latent in todo]
         done = 0
-        for i, result in backend.generate_many(
-            prompts, max_tokens=cfg.max_tokens, temperature=cfg.temperature
-        ):
+        for i, result in backend.generate_many(prompts, **gen):
             latent = todo[i]
             if isinstance(result, BaseException):
                 errors[latent] = f"{type(result).__name__}: {result}"
@@ -330,59 +331,90 @@ def interpret_latents(
                 }
             )
     columns = list(COLUMNS)
-    if score:
-        columns += [
-            f"detection_{m}" for m in ("balanced_accuracy", "precision", "recall", "f1", "n", "n_unparsed")
-        ]
+    if score and not extractive:
+        columns += [f"detection_{m}" for m in DETECTION_METRICS]
+        columns += ["control_balanced_accuracy", "control_explanation", "detection_margin", "beats_control"]
     return pd.DataFrame(out, columns=columns)
 
 
+DETECTION_METRICS = ("balanced_accuracy", "precision", "recall", "f1", "n", "n_unparsed")
+
+
+def control_explanations(explanations: Mapping[int, str]) -> dict[int, str]:
+    """Each latent's control: the explanation of the next latent (in latent order, cyclically)
+    whose explanation differs from its own. Judged on the latent's examples, it gives the
+    detection score of an explanation that is fluent but not about this latent: the chance level
+    that a real explanation has to beat. Latents with no differing explanation get none."""
+    order = sorted(k for k, v in explanations.items() if v)
+    out: dict[int, str] = {}
+    for i, latent in enumerate(order):
+        own = explanations[latent].strip().lower()
+        for other in order[i + 1 :] + order[:i]:
+            if explanations[other].strip().lower() != own:
+                out[latent] = explanations[other]
+                break
+    return out
+
+
 def _score_detection(rows, exs, tokenizer, backend, cache, cfg: PromptConfig, explainer_id, errors) -> None:
+    """Detection scores (F15) of every explained latent, on held-out quantile examples and
+    non-activating ones, for its own explanation and (``detection.control``) for its control."""
     det = cfg.detection
-    requests: list[tuple[int, int, list, str]] = []  # (latent, batch, messages, hash)
-    plan: dict[int, list] = {}
+    gen = cfg.detection_generation()
+    controls = control_explanations({k: r["explanation"] for k, r in rows.items()}) if det.control else {}
+    requests: list[tuple[tuple[int, str], int, list, str]] = []  # (key, batch, messages, hash)
+    plan: dict[tuple[int, str], list] = {}
     for latent, row in rows.items():
         rec = exs[latent]
-        if not row["explanation"] or not (rec["quantile"] or rec["negative"]):
+        positives = rec.get("held_out", rec["quantile"])
+        if not row["explanation"] or not (positives or rec["negative"]):
             continue
-        items = detection_items(tokenizer, rec["quantile"], rec["negative"], cfg, seed=det.seed + latent)
-        prompts = build_detection_prompts(row["explanation"], items, cfg)
+        items = detection_items(tokenizer, positives, rec["negative"], cfg, seed=det.seed + latent)
+        judged = {"detection": row["explanation"]}
+        if latent in controls:
+            judged["control"] = controls[latent]
         bs = max(1, det.batch_size)
-        batches = []
-        for b, messages in enumerate(prompts):
-            phash = prompt_hash(messages, max_tokens=det.max_tokens, temperature=cfg.temperature)
-            labels = [it.label for it in items[b * bs : (b + 1) * bs]]
-            batches.append({"hash": phash, "labels": labels, "pred": None})
-            hit = cache.get("detection", latent, phash, explainer_id)
-            if hit is not None:
-                batches[-1]["pred"] = [None if p is None else bool(p) for p in hit["predictions"]]
-            else:
-                requests.append((latent, b, messages, phash))
-        plan[latent] = batches
-    log.info("detection: %d prompts to request", len(requests))
+        for kind, explanation in judged.items():
+            batches = []
+            for b, messages in enumerate(build_detection_prompts(explanation, items, cfg)):
+                phash = prompt_hash(messages, **gen)
+                labels = [it.label for it in items[b * bs : (b + 1) * bs]]
+                batches.append({"hash": phash, "labels": labels, "pred": None})
+                hit = cache.get("detection", latent, phash, explainer_id)
+                if hit is not None:
+                    batches[-1]["pred"] = [None if p is None else bool(p) for p in hit["predictions"]]
+                else:
+                    requests.append(((latent, kind), b, messages, phash))
+            plan[(latent, kind)] = batches
+    log.info(
+        "detection: %d prompts to request (%d cached)",
+        len(requests),
+        sum(map(len, plan.values())) - len(requests),
+    )
     if requests:
-        stream = backend.generate_many(
-            [r[2] for r in requests], max_tokens=det.max_tokens, temperature=cfg.temperature
-        )
-        for i, result in stream:
-            latent, b, _, phash = requests[i]
-            batch = plan[latent][b]
+        done = 0
+        for i, result in backend.generate_many([r[2] for r in requests], **gen):
+            key, b, _, phash = requests[i]
+            batch = plan[key][b]
+            done += 1
+            if done % 100 == 0 or done == len(requests):
+                log.info("detection: %d/%d prompts answered", done, len(requests))
             if isinstance(result, BaseException):
-                errors.setdefault(latent, f"detection: {type(result).__name__}: {result}")
+                errors.setdefault(key[0], f"detection: {type(result).__name__}: {result}")
                 continue
             pred = parse_detection(result, len(batch["labels"]))
             batch["pred"] = pred
             cache.put(
                 {
                     "type": "detection",
-                    "latent": latent,
+                    "latent": key[0],
                     "prompt_hash": phash,
                     "explainer": explainer_id,
                     "raw": result,
                     "predictions": [None if p is None else int(p) for p in pred],
                 }
             )
-    for latent, batches in plan.items():
+    for (latent, kind), batches in plan.items():
         labels, preds = [], []
         for batch in batches:
             if batch["pred"] is None:  # failed request
@@ -392,8 +424,17 @@ def _score_detection(rows, exs, tokenizer, backend, cache, cfg: PromptConfig, ex
         if not labels:
             continue
         m = detection_metrics(labels, preds)
-        for key in ("balanced_accuracy", "precision", "recall", "f1", "n", "n_unparsed"):
-            rows[latent][f"detection_{key}"] = m[key]
+        if kind == "detection":
+            for key in DETECTION_METRICS:
+                rows[latent][f"detection_{key}"] = m[key]
+        else:
+            rows[latent]["control_balanced_accuracy"] = m["balanced_accuracy"]
+            rows[latent]["control_explanation"] = controls[latent]
+    for row in rows.values():
+        own, ctl = row.get("detection_balanced_accuracy"), row.get("control_balanced_accuracy")
+        if own is not None and ctl is not None:
+            row["detection_margin"] = own - ctl
+            row["beats_control"] = bool(own > ctl)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -460,6 +460,25 @@ class OpenAIBackend:
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
         self.n_requests = 0  # HTTP requests sent, retries included
 
+    def request_options(self, kw: Mapping[str, Any]) -> dict[str, Any]:
+        """Optional decoding settings of one request. ``stop`` and ``frequency_penalty`` are
+        OpenAI parameters; ``repetition_penalty`` and ``min_tokens`` exist only on vLLM and go in
+        the extra body when this backend is the vLLM server (an OpenAI endpoint rejects them)."""
+        out: dict[str, Any] = {}
+        if kw.get("stop"):
+            out["stop"] = list(kw["stop"])
+        if kw.get("frequency_penalty"):
+            out["frequency_penalty"] = float(kw["frequency_penalty"])
+        extra = dict(self.extra_body)
+        if self.name == "vllm":
+            if kw.get("repetition_penalty") not in (None, 1, 1.0):
+                extra["repetition_penalty"] = float(kw["repetition_penalty"])
+            if kw.get("min_tokens"):
+                extra["min_tokens"] = int(kw["min_tokens"])
+        if extra:
+            out["extra_body"] = extra
+        return out
+
     def complete(self, messages: Sequence[Mapping[str, str]], max_tokens: int | None = None, **kw) -> str:
         """One chat completion with retries; raises the last error when all attempts fail."""
         attempt = 0
@@ -471,7 +490,7 @@ class OpenAIBackend:
                     messages=list(messages),
                     max_tokens=max_tokens or self.max_tokens,
                     temperature=kw.get("temperature", self.temperature),
-                    **({"extra_body": self.extra_body} if self.extra_body else {}),
+                    **self.request_options(kw),
                 )
                 return resp.choices[0].message.content or ""
             except Exception as exc:

@@ -83,6 +83,8 @@ img{max-width:100%;height:auto}figure{margin:8px 0}figcaption{color:#555;font-si
 .tok{border-radius:2px}.tok.peak{outline:1.5px solid #7b241c}.expl{max-width:340px}
 .cat{font-weight:600}.small{font-size:.8em;color:#666}nav ul{margin:4px 0}nav li{margin:1px 0}
 .note{background:#fef9e7;border-left:4px solid #f4d03f;padding:6px 10px;margin:8px 0;font-size:.9em}
+.warn{background:#fdedec;border-left:4px solid #e74c3c;padding:6px 10px;margin:8px 0;font-size:.9em;color:#922b21}
+span.warn{padding:0 3px;border:0;margin:0}
 """
 
 
@@ -596,6 +598,79 @@ def _explanations(pair: PairData) -> dict[int, str]:
     return out
 
 
+def explanation_quality(explanations: pd.DataFrame | None) -> dict[str, Any]:
+    """How good the explanations are: counts, failed requests, and the mean detection balanced
+    accuracy (F15) beside the mean of its control (another latent's explanation on the same
+    examples); ``beats_control`` is the share of scored latents whose own explanation did better."""
+    out: dict[str, Any] = {"n_explained": 0, "n_failed": 0}
+    if explanations is None or explanations.empty:
+        return out
+    df = explanations
+    failed = (
+        df["error"].notna() & (df["error"].astype(str) != "") if "error" in df else pd.Series(False, df.index)
+    )
+    text = df["explanation"].fillna("").astype(str) if "explanation" in df else pd.Series("", df.index)
+    out["n_explained"] = int(((text != "") & ~failed).sum())
+    out["n_failed"] = int(failed.sum())
+    out["n_requested"] = len(df)
+    if "detection_balanced_accuracy" in df:
+        ba = pd.to_numeric(df["detection_balanced_accuracy"], errors="coerce")
+        out["n_scored"] = int(ba.notna().sum())
+        out["detection_ba"] = float(ba.mean()) if ba.notna().any() else None
+    if "control_balanced_accuracy" in df:
+        ctl = pd.to_numeric(df["control_balanced_accuracy"], errors="coerce")
+        out["control_ba"] = float(ctl.mean()) if ctl.notna().any() else None
+        beats = df["beats_control"].dropna() if "beats_control" in df else pd.Series(dtype=bool)
+        out["beats_control"] = float(beats.astype(bool).mean()) if len(beats) else None
+    return out
+
+
+def _quality_html(pair: PairData) -> str:
+    """The explanation-quality paragraph of the latents section, with a warning on failures."""
+    q = explanation_quality(pair.explanations)
+    if pair.explanations is None:
+        return ""
+    out = ""
+    if q["n_failed"]:
+        errors = pair.explanations["error"].dropna().astype(str)
+        out += (
+            f'<p class="warn">{q["n_failed"]} of {q.get("n_requested", 0)} explanation requests failed '
+            f"(interpret.on_error: skip): these latents have no explanation, and the explanation route "
+            f"has no evidence from them. First error: {esc(errors.iloc[0][:300])}</p>"
+        )
+    if q["n_explained"] == 0:
+        return (
+            out + '<p class="warn">No explanation was obtained: the explanation route predicts nothing.</p>'
+        )
+    if q.get("detection_ba") is None:
+        return out + f'<p class="small">{q["n_explained"]} latents explained; detection scoring was off.</p>'
+    ctl = q.get("control_ba")
+    out += (
+        f'<p class="small">Explanation quality (detection, F15, on held-out examples): mean balanced accuracy '
+        f"<b>{fmt(q['detection_ba'])}</b> over {q['n_scored']} scored latents"
+        + (
+            f", control (another latent's explanation on the same examples) {fmt(ctl)}; "
+            f"{fmt(100 * q['beats_control'])} % of the explanations beat their control. "
+            "Explanations marked ✗ did no better than their control."
+            if ctl is not None and q.get("beats_control") is not None
+            else ". No control was scored."
+        )
+        + "</p>"
+    )
+    return out
+
+
+def _detection_html(row: Mapping[str, Any] | None) -> str:
+    """A latent's detection balanced accuracy and its control, or n/a."""
+    if row is None or not _is_num(row.get("detection_balanced_accuracy")):
+        return '<span class="na">n/a</span>'
+    own = f"{fmt(row['detection_balanced_accuracy'])}"
+    if _is_num(row.get("control_balanced_accuracy")):
+        mark = "" if row.get("beats_control") else ' <span class="warn">✗</span>'
+        return f'{own}<br><span class="small">control {fmt(row["control_balanced_accuracy"])}</span>{mark}'
+    return own
+
+
 def _category_html(row: Mapping[str, Any] | None) -> str:
     """Final category in bold, then each method's label and confidence."""
     if row is None:
@@ -650,6 +725,7 @@ def _examples_html(pair: PairData, latent: int, n_examples: int) -> str:
 def _latent_rows(pair: PairData, sub: pd.DataFrame, n_examples: int) -> list[dict[str, Any]]:
     expl = _explanations(pair)
     cats = {} if pair.categories is None else {int(r["latent"]): r for r in _records(pair.categories)}
+    scored = {} if pair.explanations is None else {int(r["latent"]): r for r in _records(pair.explanations)}
     rows = []
     for r in _records(sub):
         lat = int(r["latent"])
@@ -663,6 +739,7 @@ def _latent_rows(pair: PairData, sub: pd.DataFrame, n_examples: int) -> list[dic
                 if text
                 else '<span class="na">n/a</span>',
                 "examples_html": _examples_html(pair, lat, n_examples),
+                "detection_html": _detection_html(scored.get(lat)),
             }
         )
     return rows
@@ -678,6 +755,7 @@ LATENT_COLUMNS = [
     ("freq", "freq"),
     ("category_html", "category"),
     ("explanation_html", "explanation"),
+    ("detection_html", "detection"),
     ("examples_html", "top contexts"),
 ]
 
@@ -694,11 +772,14 @@ def section_latents(pair: PairData, n_top: int = 10, n_examples: int = 3) -> str
     if pair.categories is None:
         notes.append("categories " + NA)
     out = "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
+    out += _quality_html(pair)
     out += (
+        '<p class="small">Detection: balanced accuracy of the explainer judging held-out examples from the '
+        "explanation (0.5 = chance), and below it the same for its control.</p>"
         '<p class="small">Contexts: orange background ∝ activation / the latent\'s strongest shown activation; '
         "the peak token is outlined; hover a token for its activation.</p>"
     )
-    raw = ("category_html", "explanation_html", "examples_html")
+    raw = ("category_html", "explanation_html", "detection_html", "examples_html")
     for label, sub in _latent_groups(pair, n_top):
         out += f"<h4>{esc(label.capitalize())} ({len(sub)})</h4>"
         out += (
@@ -1007,6 +1088,13 @@ def summary_row(pair: PairData) -> dict[str, Any]:
         n_latents=n_latents, n_amplified=counts.get("amplified"), n_suppressed=counts.get("suppressed")
     )
     row.update({k: v.get(k) for k in ("fvu_base", "fvu_ft", "l0", "dead_fraction")})
+    q = explanation_quality(pair.explanations)
+    row.update(
+        {
+            f"explanations_{k}": q.get(k)
+            for k in ("n_explained", "n_failed", "detection_ba", "control_ba", "beats_control")
+        }
+    )
     ev = pair.evaluation or {}
     row["prevalence"] = ev.get("prevalence")
     if isinstance(row["prevalence"], Mapping):
