@@ -14,6 +14,7 @@ performs; "dense-equivalent" divides the dense FLOP count by our step time.
 
     .venv/bin/python benchmarks/crosscoder_throughput.py              # d=576, x8, k=32, batch 1024
     .venv/bin/python benchmarks/crosscoder_throughput.py --steps 40 --warmup 5
+    .venv/bin/python benchmarks/crosscoder_throughput.py --device cuda --batch 4096 --expansion 32
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ class DenseCrossCoder(nn.Module):
         return loss, n_dead
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a wall-clock time covers the step it measures."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def make_adam(params, lr):
     """The same optimiser for both (fused CPU Adam where available), so only the model code differs."""
     try:
@@ -108,7 +115,7 @@ def make_batches(args):
 
     def batch(i: int, n: int) -> torch.Tensor:
         p = sample_planted(feats, n, noise_std=0.05, seed=args.seed * 7919 + i)
-        return torch.from_numpy(np.stack([p.xb * scales[0], p.xf * scales[1]], axis=1))
+        return torch.from_numpy(np.stack([p.xb * scales[0], p.xf * scales[1]], axis=1)).to(args.device)
 
     return batch
 
@@ -117,9 +124,9 @@ class DenseRun:
     """Training state of the dense reference; ``step(x)`` trains one batch and returns its wall time."""
 
     def __init__(self, args, init: CrossCoder) -> None:
-        self.args, self.model = args, DenseCrossCoder(init)
+        self.args, self.model = args, DenseCrossCoder(init).to(args.device)
         self.opt = make_adam(self.model.parameters(), args.lr)
-        self.tsf = torch.zeros(self.model.h, dtype=torch.long)
+        self.tsf = torch.zeros(self.model.h, dtype=torch.long, device=args.device)
         self.n_dead = self.n_steps = 0
 
     def step(self, x: torch.Tensor) -> float:
@@ -135,6 +142,7 @@ class DenseRun:
         self.opt.step()
         self.opt.zero_grad()
         self.n_steps += 1
+        synchronize(self.args.device)
         return time.perf_counter() - t0
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,8 +156,9 @@ class SparseRun:
         self.args = args
         self.model = CrossCoder(init.d_model, init.dict_size, init.k)
         self.model.load_state_dict(init.state_dict())
+        self.model.to(args.device)
         self.opt = make_adam(self.model.parameters(), args.lr)
-        self.tsf = torch.zeros(self.model.dict_size, dtype=torch.long)
+        self.tsf = torch.zeros(self.model.dict_size, dtype=torch.long, device=args.device)
         self.n_dead = self.n_steps = 0
 
     def step(self, x: torch.Tensor) -> float:
@@ -166,6 +175,7 @@ class SparseRun:
         self.opt.zero_grad(set_to_none=True)
         self.n_steps += 1
         self.n_dead, self.nnz = out.n_dead, (out.code.vals.numel(), out.n_aux)
+        synchronize(self.args.device)
         return time.perf_counter() - t0
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,13 +209,15 @@ def main() -> None:
     ap.add_argument("--eval-batches", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     args = ap.parse_args()
+    args.device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     d, h, b = args.d, args.d * args.expansion, args.batch
     print(f"crosscoder throughput: d={d} h={h} (x{args.expansion}) k={args.k} batch={b}, {args.steps} timed steps "
-          f"after {args.warmup} warm-up steps, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"after {args.warmup} warm-up steps, device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     batch = make_batches(args)
     init = CrossCoder(d, h, args.k, seed=args.seed)

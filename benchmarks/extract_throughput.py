@@ -42,7 +42,9 @@ def make_tokens(path: Path, n_ctx: int, ctx_len: int, vocab: int) -> np.ndarray:
     return ids
 
 
-def interleaved(model_dir: Path, ids: np.ndarray, layer: int, batch: int) -> tuple[float, float]:
+def interleaved(
+    model_dir: Path, ids: np.ndarray, layer: int, batch: int, device: str = "cpu"
+) -> tuple[float, float]:
     """Median tokens/s of the naive and the truncated forward, batch by batch in turn.
 
     Alternating the two on the same batches gives both the same machine load, so the ratio is
@@ -52,17 +54,19 @@ def interleaved(model_dir: Path, ids: np.ndarray, layer: int, batch: int) -> tup
 
     from mneme.extraction import LayerExtractor
 
-    full = AutoModelForCausalLM.from_pretrained(weights_path(model_dir), dtype=torch.float32).eval()
-    ours = LayerExtractor(str(model_dir), layer)
+    ours = LayerExtractor(str(model_dir), layer, device)
+    full = (
+        AutoModelForCausalLM.from_pretrained(weights_path(model_dir), dtype=ours.dtype).eval().to(ours.device)
+    )
     t_naive, t_ours = [], []
     with torch.inference_mode():
         for b in range(0, len(ids), batch):
             x = torch.from_numpy(ids[b : b + batch]).long()
             t0 = time.perf_counter()
-            out = full(x, output_hidden_states=True, use_cache=False)
-            out.hidden_states[layer + 1][:, 1:].float().numpy().copy()
+            out = full(x.to(ours.device), output_hidden_states=True, use_cache=False)
+            out.hidden_states[layer + 1][:, 1:].float().cpu().numpy().copy()
             t1 = time.perf_counter()
-            ours(x)[:, 1:].numpy().copy()
+            ours(x)[:, 1:].float().cpu().numpy().copy()
             t2 = time.perf_counter()
             t_naive.append((t1 - t0) / x.numel())
             t_ours.append((t2 - t1) / x.numel())
@@ -77,18 +81,19 @@ def main() -> None:
     ap.add_argument("--context-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu", help="auto, cpu, cuda, ... (bfloat16 compute on CUDA)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model_dir = ensure_model(args.model_dir)
     card = read_card(model_dir)
     print(
         f"model {card['name']} ({card['num_hidden_layers']} blocks, d={card['hidden_size']}), layer {args.layer}, "
-        f"{args.contexts} x {args.context_len} tokens, batch {args.batch}, {args.threads} threads"
+        f"{args.contexts} x {args.context_len} tokens, batch {args.batch}, {args.threads} threads, device {args.device}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         tokens = Path(tmp) / "tokens.zarr"
         ids = make_tokens(tokens, args.contexts, args.context_len, card["vocab_size"])
-        naive_tps, ours_tps = interleaved(model_dir, ids, args.layer, args.batch)
+        naive_tps, ours_tps = interleaved(model_dir, ids, args.layer, args.batch, args.device)
         print(f"naive full forward (output_hidden_states): {naive_tps:8.0f} tokens/s (median over batches)")
         print(f"truncated forward (mneme LayerExtractor):  {ours_tps:8.0f} tokens/s (median, interleaved)")
         print(f"speed-up of the forward: {ours_tps / naive_tps:.2f}x")
@@ -103,6 +108,7 @@ def main() -> None:
             dtype="bfloat16",
             codec="zstd",
             codec_level=1,
+            device=args.device,
         )
     print(f"mneme extract_shard incl. bf16 zarr write: {res['tokens_per_s']:8.0f} tokens/s (whole shard)")
     print(f"speed-up of extract_shard over the naive median: {res['tokens_per_s'] / naive_tps:.2f}x")

@@ -362,6 +362,15 @@ def train_crosscoder(
         d, h, cfg.k, norm_scales=stores.norm_scales, norm_init_scale=cfg.norm_init_scale, seed=cfg.seed
     )
     cc.to(device)
+    LOG.info(
+        "training d=%d h=%d k=%d on %s%s, %d steps",
+        d,
+        h,
+        cfg.k,
+        device,
+        " (bf16 autocast)" if autocast else "",
+        total_steps,
+    )
     params = list(cc.parameters())
     opt = _make_adam(params, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_factor(s, total_steps))
