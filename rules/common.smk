@@ -49,6 +49,13 @@ def logs(path):
     return f"{RESULTS}/logs/{path}"
 
 
+def explainer_gpus():
+    """GPUs of a job that starts the vLLM explainer: its tensor-parallel size (0 without vLLM)."""
+    if config["interpret"]["backend"] != "vllm":
+        return 0
+    return int(config["interpret"]["vllm"]["tensor_parallel_size"])
+
+
 def benchmarks(path):
     """Snakemake `benchmark:` timing files (results/benchmarks/ holds the model benchmarks)."""
     return f"{RESULTS}/timings/{path}"

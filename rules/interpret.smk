@@ -22,7 +22,7 @@ rule interpret:
         "../envs/mneme.yaml"
     threads: 2
     resources:
-        gpu=lambda wc: int(config["interpret"]["backend"] == "vllm"),
+        gpu=lambda wc: explainer_gpus(),
     params:
         options=config["interpret"],
         cache=lambda wc: f"{RESULTS}/{wc.pair}/cache/interpret.jsonl",
@@ -48,9 +48,7 @@ rule map_categories:
         "../envs/mneme.yaml"
     threads: 2
     resources:
-        gpu=lambda wc: int(
-            "llm" in config["categories"]["methods"] and config["interpret"]["backend"] == "vllm"
-        ),
+        gpu=lambda wc: explainer_gpus() if "llm" in config["categories"]["methods"] else 0,
     params:
         options=section("categories", exclude=("file", "contexts")),
         interpret=lambda wc: config["interpret"] if "llm" in config["categories"]["methods"] else {},

@@ -260,6 +260,25 @@ def test_scenarios_pass_a_dry_run(workflow):
         assert {"extract_activations", "train_crosscoder", "evaluate", "report"} <= set(jobs), scenario.name
 
 
+def test_bigger_explainers_pass_a_dry_run_and_rerun_only_interpretation(workflow):
+    """config/explainers/*.yaml over a finished run: the new explainer is prepared and only
+    interpretation and what reads it would run; the tensor-parallel one asks for its GPUs."""
+    workdir, cfg = workflow
+    for overlay in sorted((REPO / "config" / "explainers").glob("*.yaml")):
+        jobs = scheduled(workdir, "--configfile", str(workdir / "config" / "config.yaml"), str(overlay))
+        assert {"prepare_model", "interpret", "map_categories", "evaluate", "report"} <= set(jobs), (
+            overlay.name
+        )
+        assert not {"extract_activations", "train_crosscoder", "latent_stats"} & set(jobs), overlay.name
+        assert jobs["prepare_model"] == 1, overlay.name
+    tp = snakemake(
+        workdir, "-n", "--configfile", str(workdir / "config" / "config.yaml"),
+        str(REPO / "config" / "explainers" / "llama-3.1-70b-tp4.yaml"),
+    )  # fmt: skip
+    interpret = (tp.stdout + tp.stderr).split("rule interpret:", 1)[1].split("rule ", 1)[0]
+    assert "gpu=4" in interpret
+
+
 # Downstream of the attribution: everything that reads attribution.parquet, or something that does.
 AFTER_ATTRIBUTION = {"collect_contexts", "interpret", "map_categories", "map_contexts", "evaluate"}
 AFTER_ATTRIBUTION |= {"suite", "reverse", "report", "all"}

@@ -251,3 +251,56 @@ def test_sigterm_to_our_process_stops_the_server(fake_module, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not group_alive(server_pid) and not pid_alive(worker)
+
+
+def test_real_vllm_classifier_maps_explanations_with_one_server_start(
+    tiny_model, vllm_python, tmp_path, monkeypatch
+):
+    """The LLM-classifier mapping (categories.methods: llm) on the interpret stage's server: one
+    start for all classifications, answers parsed into labels of the category set, and a re-run
+    answered from the cache without starting a server at all."""
+    from mneme.categorize import run_map_categories
+
+    cats = tmp_path / "cats.yaml"
+    cats.write_text(
+        "categories:\n  biology: {description: Living things.}\n  law: {description: Courts and statutes.}\n"
+        "general_category: general\n"
+    )
+    expl = tmp_path / "explanations.jsonl"
+    pd.DataFrame(
+        {"latent": [0, 1, 2], "explanation": ["animals and plants", "court rulings", "the letter e"]}
+    ).to_json(expl, orient="records", lines=True)
+    interpret_cfg = {
+        "backend": "vllm",
+        "concurrency": 3,
+        "vllm": {
+            "python": vllm_python,
+            "enforce_eager": True,
+            "max_model_len": 1024,
+            "kv_cache_space_gb": 1,
+            "startup_timeout_s": 400,
+        },
+    }
+    cfg = {"methods": ["llm"], "predict_with": "llm"}
+    cache, log = tmp_path / "classify.jsonl", tmp_path / "server.log"
+    starts = []
+    enter = VLLMServer.__enter__
+    monkeypatch.setattr(VLLMServer, "__enter__", lambda self: starts.append(1) or enter(self))
+    df = run_map_categories(
+        cfg, expl, cats, tmp_path / "a.parquet", interpret_cfg=interpret_cfg,
+        explainer_model_dir=tiny_model, cache_path=cache, server_log=log,
+    )  # fmt: skip
+    assert df["latent"].tolist() == [0, 1, 2]
+    assert set(df["category_llm"]) <= {"biology", "law", "none"}
+    assert df["conf_llm"].between(0, 1).all()
+    assert sum('"type": "category"' in ln for ln in cache.read_text().splitlines()) == 3
+    assert len(starts) == 1 and log.stat().st_size > 0
+    # a re-run asks nothing: with an unusable vLLM python, starting a server would fail
+    log.unlink()
+    broken = {**interpret_cfg, "vllm": {**interpret_cfg["vllm"], "python": str(tmp_path / "no-python")}}
+    again = run_map_categories(
+        cfg, expl, cats, tmp_path / "b.parquet", interpret_cfg=broken,
+        explainer_model_dir=tiny_model, cache_path=cache, server_log=log,
+    )  # fmt: skip
+    assert again["category_llm"].tolist() == df["category_llm"].tolist()
+    assert len(starts) == 1 and not log.exists()

@@ -19,6 +19,7 @@ Three methods, each giving (category, confidence) per latent:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -377,10 +378,11 @@ def run_map_categories(
 ) -> pd.DataFrame:
     """The `map_categories` rule: read the inputs, map, write ``out_path`` (parquet) atomically.
 
-    The ``llm`` method uses the backend of ``interpret_cfg`` (a vLLM server is started for the
-    duration of the call and always stopped).
+    The ``llm`` method uses the backend of ``interpret_cfg``: a vLLM server is started once, on
+    the first classification not in the cache (none when every answer is cached), and always
+    stopped.
     """
-    from mneme.interpret import explainer_id_for, open_backend, read_table
+    from mneme.interpret import LazyBackend, explainer_id_for, open_backend, read_table
 
     cfg = with_defaults(cfg)
     explanations = read_table(explanations_path)
@@ -396,8 +398,17 @@ def run_map_categories(
             raise ValueError(
                 "categories.methods includes llm: pass the interpret config (its backend is used)"
             )
+        kind = interpret_cfg.get("backend", "vllm")
+        if kind == "keywords":
+            raise ValueError(
+                "categories.methods includes llm, which needs an LLM: interpret.backend is keywords "
+                "(set it to vllm or openai, or drop llm from categories.methods)"
+            )
         eid = explainer_id_for(interpret_cfg, explainer_model_dir)
-        with open_backend(interpret_cfg, explainer_model_dir, server_log=server_log) as backend:
+        with contextlib.ExitStack() as stack:
+            backend = LazyBackend(
+                lambda: open_backend(interpret_cfg, explainer_model_dir, server_log=server_log), kind, stack
+            )
             df = map_categories(
                 explanations,
                 attribution,
@@ -408,6 +419,8 @@ def run_map_categories(
                 explainer_id=eid,
                 **kwargs,
             )
+            if not backend.opened:
+                log.info("every classification was cached: no %s backend was started", kind)
     else:
         df = map_categories(explanations, attribution, mass, categories, general, **kwargs)
     out_path = Path(out_path)

@@ -482,6 +482,12 @@ class LazyBackend:
     def opened(self) -> bool:
         return self._backend is not None
 
+    def generate_many(self, prompts, **kw):
+        """Open the backend (the first time) and send ``prompts``; nothing is opened for none."""
+        if not prompts:
+            return iter(())
+        return self.__getattr__("generate_many")(prompts, **kw)
+
     def __getattr__(self, attr: str):
         if attr.startswith("_"):
             raise AttributeError(attr)
