@@ -303,6 +303,13 @@ def interpret_latents(
     elif score:
         _score_detection(rows, exs, tokenizer, backend, cache, cfg, explainer_id, errors)
 
+    if errors and on_error == "skip":
+        log.warning(
+            "%d of %d latents have a failed request (interpret.on_error: skip): %s",
+            len(errors),
+            len(jobs),
+            "no explanation was obtained at all" if not rows else "their explanation or score is missing",
+        )
     if errors and on_error == "raise":
         sample = "; ".join(f"latent {k}: {v}" for k, v in list(errors.items())[:5])
         raise RuntimeError(
