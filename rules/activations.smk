@@ -5,11 +5,11 @@
 rule extract_activations:
     input:
         model=lambda wc: model_dir(wc.model),
-        tokens=f"{RESULTS}/corpus/{{corpus}}/tokens.zarr",
+        tokens=rules.sample_corpus.output.tokens,
         checks=lambda wc: gate(pair_checks(pairs_finetuning_into(wc.model, wc.corpus, wc.layer))),
         code=script_code("extract_activations"),
     output:
-        directory(f"{RESULTS}/activations/{{model}}/{{corpus}}/L{{layer}}/shard_{{shard}}.zarr"),
+        shard=directory(f"{RESULTS}/activations/{{model}}/{{corpus}}/L{{layer}}/shard_{{shard}}.zarr"),
     log:
         logs("extract_activations/{model}/{corpus}/L{layer}/shard_{shard}.log"),
     benchmark:
@@ -35,7 +35,7 @@ rule index_activations:
         shards=store_shards,
         code=script_code("index_activations"),
     output:
-        f"{RESULTS}/activations/{{model}}/{{corpus}}/L{{layer}}/manifest.json",
+        manifest=f"{RESULTS}/activations/{{model}}/{{corpus}}/L{{layer}}/manifest.json",
     log:
         logs("index_activations/{model}/{corpus}/L{layer}.log"),
     wildcard_constraints:

@@ -12,6 +12,9 @@ from mneme.config import corpus_tokenizer, pair_target, resolve_path
 from mneme.contracts import NON_TRAJECTORY_KEYS
 
 RESULTS = "results"
+# the one path made by two rules (prepare_model and make_organism); every other path is stated
+# in the output of the rule that makes it and read from there (rules.<rule>.output.<key>)
+MODEL_DIR = f"{RESULTS}/models/{{model}}"
 ORGANISM_MODELS = [m for m, s in config["models"].items() if s["source"] == "organism"]
 PREPARED_MODELS = [m for m, s in config["models"].items() if s["source"] != "organism"]
 
@@ -42,7 +45,7 @@ def one_of(names):
 
 
 def model_dir(model):
-    return f"{RESULTS}/models/{model}"
+    return MODEL_DIR.format(model=model)
 
 
 def logs(path):
@@ -66,7 +69,7 @@ def model_spec(wildcards):
 
 
 def pair_checks(pairs):
-    return [f"{RESULTS}/pairs/{p}/check.json" for p in pairs]
+    return [rules.check_pair.output.check.format(pair=p) for p in pairs]
 
 
 def pairs_finetuning_into(model, corpus, layer):
@@ -128,18 +131,14 @@ def corpus_tokenizer_dir(wildcards):
     return model_dir(corpus_tokenizer(config, wildcards.corpus))
 
 
-def store_dir(model, corpus, layer):
-    return f"{RESULTS}/activations/{model}/{corpus}/L{layer}"
-
-
 def store_shards(wildcards):
+    shard = rules.extract_activations.output.shard
     n = config["activations"]["n_shards"]
-    d = store_dir(wildcards.model, wildcards.corpus, wildcards.layer)
-    return [f"{d}/shard_{i}.zarr" for i in range(n)]
+    return [shard.format(**wildcards, shard=i) for i in range(n)]
 
 
 def manifest(model, corpus, layer):
-    return f"{store_dir(model, corpus, layer)}/manifest.json"
+    return rules.index_activations.output.manifest.format(model=model, corpus=corpus, layer=layer)
 
 
 def pair_manifests(pair):
@@ -147,15 +146,15 @@ def pair_manifests(pair):
     return {role: manifest(s[role], s["corpus"], s["layer"]) for role in ("base", "finetuned")}
 
 
-def pair_corpus(pair, name):
-    """A file of the pair's corpus: tokens.zarr or docs.parquet."""
-    return f"{RESULTS}/corpus/{config['pairs'][pair]['corpus']}/{name}"
+def pair_corpus(pair, key):
+    """An output of the pair's corpus: ``tokens`` (tokens.zarr) or ``docs`` (docs.parquet)."""
+    return rules.sample_corpus.output[key].format(corpus=config["pairs"][pair]["corpus"])
 
 
 def benchmark_results(pair):
     """The item-level (gcide, mmlu) or per-task (lm_eval) results of the pair's two models."""
-    s, kind = config["pairs"][pair], config["benchmark"]["kind"]
-    return [f"{RESULTS}/benchmarks/{s[role]}/{kind}.parquet" for role in ("base", "finetuned")]
+    s, results = config["pairs"][pair], rules.benchmark.output.results
+    return [results.format(model=s[role]) for role in ("base", "finetuned")]
 
 
 def reverse_benchmark_inputs(wildcards):
@@ -175,23 +174,29 @@ def reversal_pairs():
 
 
 def report_files(wildcards=None):
-    """Per pair, the files the report reads (the crosscoder's files through its directory)."""
+    """Per pair, the files the report reads, from the outputs of the rules that make them (the
+    crosscoder's files inside its directory)."""
     files = {}
     for pair, spec in config["pairs"].items():
-        d = f"{RESULTS}/{pair}"
+
+        def out(rule, key, pair=pair):
+            return getattr(rules, rule).output[key].format(pair=pair)
+
+        crosscoder = out("train_crosscoder", "crosscoder")
         files[pair] = {
-            "latents": f"{d}/latents.parquet",
-            "attribution": f"{d}/attribution.parquet",
-            "attribution_summary": f"{d}/attribution_summary.json",
-            "selected": f"{d}/selected_latents.json",
-            "contexts": f"{d}/contexts.parquet",
-            "categories": f"{d}/categories.parquet",
-            "evaluation": f"{d}/evaluation.json",
-            "metrics": f"{d}/crosscoder/metrics.jsonl",
-            "validation": f"{d}/crosscoder/validation.json",
-            "crosscoder_config": f"{d}/crosscoder/config.json",
+            "latents": out("latent_stats", "latents"),
+            "attribution": out("attribute", "attribution"),
+            "attribution_summary": out("attribute", "summary"),
+            "selected": out("attribute", "selected"),
+            "contexts": out("collect_contexts", "contexts"),
+            "explanations": out("interpret", "explanations"),
+            "categories": out("map_categories", "categories"),
+            "evaluation": out("evaluate", "evaluation"),
+            "metrics": f"{crosscoder}/metrics.jsonl",
+            "validation": f"{crosscoder}/validation.json",
+            "crosscoder_config": f"{crosscoder}/config.json",
             "tokenizer": model_dir(spec["base"]),
-            "reversal": f"{d}/reversal.json" if pair in reversal_pairs() else None,
+            "reversal": out("reverse", "result") if pair in reversal_pairs() else None,
         }
     return files
 
@@ -200,16 +205,16 @@ def report_inputs(wildcards):
     """Inputs of the report: every file it reads, with the crosscoder as its directory."""
     inputs = []
     for pair, files in report_files().items():
-        inputs.append(f"{RESULTS}/{pair}/crosscoder")
+        inputs.append(rules.train_crosscoder.output.crosscoder.format(pair=pair))
         skip = ("metrics", "validation", "crosscoder_config")
         inputs += [path for key, path in files.items() if path and key not in skip]
     return inputs
 
 
 def all_targets():
-    targets = [f"{RESULTS}/{pair}/evaluation.json" for pair in config["pairs"]]
-    targets += [f"{RESULTS}/{pair}/reversal.json" for pair in reversal_pairs()]
-    return targets + [f"{RESULTS}/report.html", f"{RESULTS}/summary.tsv", f"{RESULTS}/suite.tsv"]
+    targets = [rules.evaluate.output.evaluation.format(pair=pair) for pair in config["pairs"]]
+    targets += [rules.reverse.output.result.format(pair=pair) for pair in reversal_pairs()]
+    return targets + [*rules.report.output, rules.suite.output.table]
 
 
 def gate(paths):
@@ -234,7 +239,7 @@ def interpret_inputs(wildcards):
     if backend == "vllm":
         extra["explainer"] = explainer_dir()
     elif backend == "keywords":
-        extra["tokens"] = pair_corpus(wildcards.pair, "tokens.zarr")
+        extra["tokens"] = pair_corpus(wildcards.pair, "tokens")
     return extra
 
 
@@ -251,15 +256,21 @@ def evaluate_inputs(wildcards):
     """The optional inputs of evaluate: the context mapping, when it is enabled."""
     if not context_mapping_enabled():
         return {}
-    return {"context_categories": f"{RESULTS}/{wildcards.pair}/context_categories.parquet"}
+    return {"context_categories": rules.map_contexts.output.context_categories.format(pair=wildcards.pair)}
 
 
 def suite_inputs(wildcards):
     """Per pair, the files the suite's sensitivity grid re-decides from, as ``<pair>.<name>``."""
-    names = ["evaluation.json", "attribution.parquet", "category_mass.parquet"]
-    names += ["activation_diff.parquet", "categories.parquet"]
-    names += ["context_categories.parquet"] if context_mapping_enabled() else []
-    return {f"{p}.{n.split('.')[0]}": f"{RESULTS}/{p}/{n}" for p in config["pairs"] for n in names}
+    outputs = [
+        ("evaluation", rules.evaluate.output.evaluation),
+        ("attribution", rules.attribute.output.attribution),
+        ("category_mass", rules.latent_stats.output.category_mass),
+        ("activation_diff", rules.activation_diff.output.activation_diff),
+        ("categories", rules.map_categories.output.categories),
+    ]
+    if context_mapping_enabled():
+        outputs.append(("context_categories", rules.map_contexts.output.context_categories))
+    return {f"{p}.{name}": path.format(pair=p) for p in config["pairs"] for name, path in outputs}
 
 
 @functools.cache

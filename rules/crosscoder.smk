@@ -7,7 +7,7 @@ rule train_crosscoder:
         unpack(lambda wc: pair_manifests(wc.pair)),
         code=script_code("train_crosscoder"),
     output:
-        directory(f"{RESULTS}/{{pair}}/crosscoder"),
+        crosscoder=directory(f"{RESULTS}/{{pair}}/crosscoder"),
     log:
         logs("train_crosscoder/{pair}.log"),
     benchmark:

@@ -8,11 +8,11 @@
 rule activation_diff:
     input:
         unpack(lambda wc: pair_manifests(wc.pair)),
-        tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
-        docs=lambda wc: pair_corpus(wc.pair, "docs.parquet"),
+        tokens=lambda wc: pair_corpus(wc.pair, "tokens"),
+        docs=lambda wc: pair_corpus(wc.pair, "docs"),
         code=script_code("activation_diff"),
     output:
-        f"{RESULTS}/{{pair}}/activation_diff.parquet",
+        activation_diff=f"{RESULTS}/{{pair}}/activation_diff.parquet",
     log:
         logs("activation_diff/{pair}.log"),
     benchmark:
@@ -28,13 +28,13 @@ rule evaluate:
         unpack(evaluate_inputs),
         base=lambda wc: benchmark_results(wc.pair)[0],
         finetuned=lambda wc: benchmark_results(wc.pair)[1],
-        categories=f"{RESULTS}/{{pair}}/categories.parquet",
-        attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
-        category_mass=f"{RESULTS}/{{pair}}/category_mass.parquet",
-        activation_diff=f"{RESULTS}/{{pair}}/activation_diff.parquet",
+        categories=rules.map_categories.output.categories,
+        attribution=rules.attribute.output.attribution,
+        category_mass=rules.latent_stats.output.category_mass,
+        activation_diff=rules.activation_diff.output.activation_diff,
         code=script_code("evaluate"),
     output:
-        f"{RESULTS}/{{pair}}/evaluation.json",
+        evaluation=f"{RESULTS}/{{pair}}/evaluation.json",
     log:
         logs("evaluate/{pair}.log"),
     localrule: True

@@ -9,11 +9,11 @@
 rule interpret:
     input:
         unpack(interpret_inputs),
-        contexts=f"{RESULTS}/{{pair}}/contexts.parquet",
-        attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
+        contexts=rules.collect_contexts.output.contexts,
+        attribution=rules.attribute.output.attribution,
         code=script_code("interpret"),
     output:
-        f"{RESULTS}/{{pair}}/explanations.jsonl",
+        explanations=f"{RESULTS}/{{pair}}/explanations.jsonl",
     log:
         logs("interpret/{pair}.log"),
     benchmark:
@@ -33,13 +33,13 @@ rule interpret:
 rule map_categories:
     input:
         unpack(map_categories_inputs),
-        explanations=f"{RESULTS}/{{pair}}/explanations.jsonl",
-        attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
-        category_mass=f"{RESULTS}/{{pair}}/category_mass.parquet",
+        explanations=rules.interpret.output.explanations,
+        attribution=rules.attribute.output.attribution,
+        category_mass=rules.latent_stats.output.category_mass,
         categories=category_file(),
         code=script_code("map_categories"),
     output:
-        f"{RESULTS}/{{pair}}/categories.parquet",
+        categories=f"{RESULTS}/{{pair}}/categories.parquet",
     log:
         logs("map_categories/{pair}.log"),
     benchmark:
@@ -59,14 +59,14 @@ rule map_categories:
 
 rule map_contexts:
     input:
-        topk=f"{RESULTS}/{{pair}}/topk.npz",
-        attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
-        tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
+        topk=rules.latent_stats.output.topk,
+        attribution=rules.attribute.output.attribution,
+        tokens=lambda wc: pair_corpus(wc.pair, "tokens"),
         tokenizer=lambda wc: model_dir(config["pairs"][wc.pair]["base"]),
         categories=category_file(),
         code=script_code("map_contexts"),
     output:
-        f"{RESULTS}/{{pair}}/context_categories.parquet",
+        context_categories=f"{RESULTS}/{{pair}}/context_categories.parquet",
     log:
         logs("map_contexts/{pair}.log"),
     benchmark:

@@ -9,9 +9,9 @@ EXAMPLE_KEYS = ("window", "n_examples", "n_quantile_examples", "n_quantiles", "n
 rule latent_stats:
     input:
         unpack(lambda wc: pair_manifests(wc.pair)),
-        crosscoder=f"{RESULTS}/{{pair}}/crosscoder",
-        tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
-        docs=lambda wc: pair_corpus(wc.pair, "docs.parquet"),
+        crosscoder=rules.train_crosscoder.output.crosscoder,
+        tokens=lambda wc: pair_corpus(wc.pair, "tokens"),
+        docs=lambda wc: pair_corpus(wc.pair, "docs"),
         code=script_code("latent_stats"),
     output:
         latents=f"{RESULTS}/{{pair}}/latents.parquet",
@@ -33,7 +33,7 @@ rule latent_stats:
 rule latent_scaling:
     input:
         unpack(lambda wc: pair_manifests(wc.pair)),
-        crosscoder=f"{RESULTS}/{{pair}}/crosscoder",
+        crosscoder=rules.train_crosscoder.output.crosscoder,
         code=script_code("latent_scaling"),
     output:
         betas=f"{RESULTS}/{{pair}}/betas.parquet",
@@ -53,9 +53,9 @@ rule latent_scaling:
 
 rule attribute:
     input:
-        latents=f"{RESULTS}/{{pair}}/latents.parquet",
-        crosscoder=f"{RESULTS}/{{pair}}/crosscoder",
-        betas=f"{RESULTS}/{{pair}}/betas.parquet",
+        latents=rules.latent_stats.output.latents,
+        crosscoder=rules.train_crosscoder.output.crosscoder,
+        betas=rules.latent_scaling.output.betas,
         code=script_code("attribute"),
     output:
         attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
@@ -75,13 +75,13 @@ rule attribute:
 rule collect_contexts:
     input:
         unpack(lambda wc: pair_manifests(wc.pair)),
-        crosscoder=f"{RESULTS}/{{pair}}/crosscoder",
-        tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
-        topk=f"{RESULTS}/{{pair}}/topk.npz",
-        selected=f"{RESULTS}/{{pair}}/selected_latents.json",
+        crosscoder=rules.train_crosscoder.output.crosscoder,
+        tokens=lambda wc: pair_corpus(wc.pair, "tokens"),
+        topk=rules.latent_stats.output.topk,
+        selected=rules.attribute.output.selected,
         code=script_code("collect_contexts"),
     output:
-        f"{RESULTS}/{{pair}}/contexts.parquet",
+        contexts=f"{RESULTS}/{{pair}}/contexts.parquet",
     log:
         logs("collect_contexts/{pair}.log"),
     benchmark:

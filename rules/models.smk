@@ -6,7 +6,7 @@ rule prepare_model:
     input:
         code=script_code("prepare_model"),
     output:
-        directory(f"{RESULTS}/models/{{model}}"),
+        model=directory(MODEL_DIR),
     log:
         logs("prepare_model/{model}.log"),
     benchmark:
@@ -27,7 +27,7 @@ rule check_pair:
         finetuned=lambda wc: model_dir(config["pairs"][wc.pair]["finetuned"]),
         code=script_code("check_pair"),
     output:
-        f"{RESULTS}/pairs/{{pair}}/check.json",
+        check=f"{RESULTS}/pairs/{{pair}}/check.json",
     log:
         logs("check_pair/{pair}.log"),
     localrule: True

@@ -8,7 +8,7 @@ rule make_organism:
         categories=gcide_category_input(),
         code=script_code("make_organism"),
     output:
-        directory(f"{RESULTS}/models/{{model}}"),
+        model=directory(MODEL_DIR),
     log:
         logs("make_organism/{model}.log"),
     benchmark:

@@ -7,12 +7,12 @@ rule reverse:
     input:
         unpack(reverse_benchmark_inputs),
         finetuned=lambda wc: model_dir(config["pairs"][wc.pair]["finetuned"]),
-        evaluation=f"{RESULTS}/{{pair}}/evaluation.json",
-        attribution=f"{RESULTS}/{{pair}}/attribution.parquet",
-        categories=f"{RESULTS}/{{pair}}/categories.parquet",
-        category_mass=f"{RESULTS}/{{pair}}/category_mass.parquet",
-        topk=f"{RESULTS}/{{pair}}/topk.npz",
-        tokens=lambda wc: pair_corpus(wc.pair, "tokens.zarr"),
+        evaluation=rules.evaluate.output.evaluation,
+        attribution=rules.attribute.output.attribution,
+        categories=rules.map_categories.output.categories,
+        category_mass=rules.latent_stats.output.category_mass,
+        topk=rules.latent_stats.output.topk,
+        tokens=lambda wc: pair_corpus(wc.pair, "tokens"),
         code=script_code("reverse"),
     output:
         result=f"{RESULTS}/{{pair}}/reversal.json",

@@ -271,8 +271,10 @@ def test_bigger_explainers_pass_a_dry_run_and_rerun_only_interpretation(workflow
         )
         assert not {"extract_activations", "train_crosscoder", "latent_stats"} & set(jobs), overlay.name
         assert jobs["prepare_model"] == 1, overlay.name
+    # on SLURM (no workstation cap of gpu: 1) the job asks for its tensor-parallel GPUs
     tp = snakemake(
-        workdir, "-n", "--configfile", str(workdir / "config" / "config.yaml"),
+        workdir, "-n", "--workflow-profile", str(workdir / "profiles" / "slurm"),
+        "--configfile", str(workdir / "config" / "config.yaml"),
         str(REPO / "config" / "explainers" / "llama-3.1-70b-tp4.yaml"),
     )  # fmt: skip
     interpret = (tp.stdout + tp.stderr).split("rule interpret:", 1)[1].split("rule ", 1)[0]

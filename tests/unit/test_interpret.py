@@ -382,6 +382,15 @@ def test_openai_backend_retries_transient_errors(flaky_server):
     backend = OpenAIBackend(url, "m", max_retries=1, backoff=0.01)
     out = dict(backend.generate_many([[{"role": "user", "content": "hi"}]]))
     assert isinstance(out[0], Exception) and _Flaky.seen == [500, 500]
+    assert str(out[0]).startswith(f"{url} (model 'm'): InternalServerError") and "after 2 attempts" in str(
+        out[0]
+    )
+
+
+def test_an_unreachable_endpoint_is_named_in_the_error():
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", "explainer", max_retries=0, timeout=5)
+    out = dict(backend.generate_many([[{"role": "user", "content": "hi"}]]))
+    assert "http://127.0.0.1:9/v1 (model 'explainer'): APIConnectionError" in str(out[0])
 
 
 def test_openai_backend_needs_its_key(monkeypatch):

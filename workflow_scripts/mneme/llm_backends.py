@@ -405,6 +405,10 @@ def _retryable(exc: BaseException) -> bool:
     )
 
 
+class EndpointError(RuntimeError):
+    """A request that failed for good; the message names the endpoint URL and the model."""
+
+
 class OpenAIBackend:
     """Chat completions against any OpenAI-compatible endpoint, several requests in flight.
 
@@ -495,7 +499,10 @@ class OpenAIBackend:
                 return resp.choices[0].message.content or ""
             except Exception as exc:
                 if attempt >= self.max_retries or not _retryable(exc):
-                    raise
+                    raise EndpointError(
+                        f"{self.base_url} (model {self.model!r}): {type(exc).__name__}: {exc}"
+                        + (f" after {attempt + 1} attempts" if attempt else "")
+                    ) from exc
                 delay = min(self.backoff_max, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
                 log.warning(
                     "request failed (%s); retry %d/%d in %.1f s", exc, attempt + 1, self.max_retries, delay
