@@ -5,7 +5,8 @@
 Each DIR holds ``{pair}/explanations.jsonl`` files (a results folder, or a copy of one run's
 files). Per label and pair, and over all pairs, prints: latents explained; the mean detection
 balanced accuracy (F15) and that of its control (another latent's explanation on the same
-items); the share of explanations that beat their control; and, on the raw answers, the share
+items); the share of explanations that beat their control; the share of detection judgments
+that could not be read; and, on the raw answers, the share
 that repeat a sentence, that end cut off (no end punctuation after the last marker), and that
 have no ``[EXPLANATION]:`` marker at all, with the mean length of the parsed explanation in words.
 """
@@ -45,6 +46,9 @@ def summarise(df: pd.DataFrame) -> dict:
         "detection_ba": df.get("detection_balanced_accuracy", pd.Series(dtype=float)).mean(),
         "control_ba": df.get("control_balanced_accuracy", pd.Series(dtype=float)).mean(),
         "beats_control": df.get("beats_control", pd.Series(dtype=float)).dropna().astype(float).mean(),
+        "unparsed": df["detection_n_unparsed"].sum() / df["detection_n"].sum()
+        if "detection_n" in df
+        else None,
         "raw_repeats": raw.map(repeats_a_sentence).mean(),
         "raw_cut_off": raw.map(cut_off).mean(),
         "no_marker": (~raw.str.contains(re.escape(EXPLANATION_MARKER), case=False)).mean(),

@@ -466,3 +466,21 @@ def test_decoding_options_reach_the_request_only_where_the_server_knows_them():
         "frequency_penalty": 0.5,
     }
     assert vllm.request_options({"repetition_penalty": 1.0}) == {}
+
+
+def test_a_stopped_run_does_not_keep_retrying(flaky_server):
+    """Leaving generate_many early (a crash, SIGTERM) sets the abort flag: a request in flight
+    stops retrying at once instead of running through its retries against a dead server."""
+    url = f"http://127.0.0.1:{flaky_server.server_address[1]}/v1"
+    _Flaky.plan, _Flaky.seen = [503] * 100, []
+    backend = OpenAIBackend(url, "m", concurrency=1, max_retries=50, backoff=0.5, backoff_max=0.5)
+    stream = backend.generate_many([[{"role": "user", "content": "hi"}]])
+    got = []
+    consumer = threading.Thread(target=lambda: got.append(next(stream)))
+    consumer.start()
+    consumer.join(1.5)
+    assert consumer.is_alive()  # still retrying
+    backend._abort.set()  # what generate_many's finally does when it is left early
+    consumer.join(10)
+    assert not consumer.is_alive() and len(_Flaky.seen) < 10
+    assert "stopped while retrying" in str(got[0][1])

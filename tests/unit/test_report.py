@@ -99,6 +99,8 @@ def _explanations(scored: bool) -> list[dict]:
                 "latent": lat,
                 "explanation": f"explanation {lat}",
                 "error": None,
+                "detection_n": 40,
+                "detection_n_unparsed": 2,
                 "detection_balanced_accuracy": own,
                 "control_balanced_accuracy": ctl,
                 "detection_margin": own - ctl,
@@ -322,6 +324,33 @@ def test_explanation_quality_is_shown_per_latent_and_on_average(built):
     row = summary.set_index("pair").loc["full"]
     assert row["explanations_detection_ba"] == pytest.approx(0.7375)
     assert row["explanations_beats_control"] == pytest.approx(0.75)
+
+
+def test_an_unreadable_judge_is_flagged(tmp_path):
+    """A judge that cannot answer the detection format: the report says the score measures that."""
+    files = make_pair(tmp_path)
+    rows = [
+        {
+            "latent": 0,
+            "explanation": "x",
+            "detection_n": 40,
+            "detection_n_unparsed": 40,
+            "detection_balanced_accuracy": 0.0,
+        }
+    ]
+    files["explanations"] = _write(tmp_path / "full" / "explanations.jsonl", rows)
+    report.build_report({"full": files}, tmp_path / "r.html", tmp_path / "s.tsv", title="t")
+    latents = _section((tmp_path / "r.html").read_text(), "full-latents")
+    assert "100 % of the detection judgments could not be read" in latents
+    # the fixture's judge reads 38 of 40: no warning
+    html, _, _ = _built_default(tmp_path / "ok")
+    assert "could not be read" not in _section(html, "full-latents")
+
+
+def _built_default(root):
+    pairs = {"full": make_pair(root)}
+    report.build_report(pairs, root / "r.html", root / "s.tsv", title="t")
+    return (root / "r.html").read_text(), None, None
 
 
 def test_failed_explanations_are_a_warning_not_silence(built):

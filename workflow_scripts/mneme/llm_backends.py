@@ -463,6 +463,7 @@ class OpenAIBackend:
             self.name = name
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
         self.n_requests = 0  # HTTP requests sent, retries included
+        self._abort = threading.Event()  # set when generate_many is left early: stop retrying
 
     def request_options(self, kw: Mapping[str, Any]) -> dict[str, Any]:
         """Optional decoding settings of one request. ``stop`` and ``frequency_penalty`` are
@@ -498,7 +499,7 @@ class OpenAIBackend:
                 )
                 return resp.choices[0].message.content or ""
             except Exception as exc:
-                if attempt >= self.max_retries or not _retryable(exc):
+                if attempt >= self.max_retries or not _retryable(exc) or self._abort.is_set():
                     raise EndpointError(
                         f"{self.base_url} (model {self.model!r}): {type(exc).__name__}: {exc}"
                         + (f" after {attempt + 1} attempts" if attempt else "")
@@ -507,7 +508,8 @@ class OpenAIBackend:
                 log.warning(
                     "request failed (%s); retry %d/%d in %.1f s", exc, attempt + 1, self.max_retries, delay
                 )
-                time.sleep(delay)
+                if self._abort.wait(delay):  # the caller stopped (crash, SIGTERM): no more retries
+                    raise EndpointError(f"{self.base_url}: stopped while retrying ({exc})") from exc
                 attempt += 1
 
     def generate_many(
@@ -516,6 +518,7 @@ class OpenAIBackend:
         """Send all prompts, ``concurrency`` at a time; yield (index, answer or error) as they finish."""
         if not prompts:
             return
+        self._abort.clear()
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)))
         pending: dict[Future, int] = {}
         queue = iter(range(len(prompts)))
@@ -542,7 +545,9 @@ class OpenAIBackend:
             finished = True
         finally:
             # interrupted (crash, SIGTERM, consumer stopped): do not wait for requests in flight;
-            # they end when the server goes away
+            # they end when the server goes away, and none of them retries
+            if not finished:
+                self._abort.set()
             pool.shutdown(wait=finished, cancel_futures=True)
 
 

@@ -617,12 +617,18 @@ def explanation_quality(explanations: pd.DataFrame | None) -> dict[str, Any]:
         ba = pd.to_numeric(df["detection_balanced_accuracy"], errors="coerce")
         out["n_scored"] = int(ba.notna().sum())
         out["detection_ba"] = float(ba.mean()) if ba.notna().any() else None
+        n = pd.to_numeric(df.get("detection_n"), errors="coerce").sum()
+        bad = pd.to_numeric(df.get("detection_n_unparsed"), errors="coerce").sum()
+        out["unparsed"] = float(bad / n) if n > 0 else None
     if "control_balanced_accuracy" in df:
         ctl = pd.to_numeric(df["control_balanced_accuracy"], errors="coerce")
         out["control_ba"] = float(ctl.mean()) if ctl.notna().any() else None
         beats = df["beats_control"].dropna() if "beats_control" in df else pd.Series(dtype=bool)
         out["beats_control"] = float(beats.astype(bool).mean()) if len(beats) else None
     return out
+
+
+UNPARSED_WARNING = 0.2  # share of unreadable detection judgments above which the score is flagged
 
 
 def _quality_html(pair: PairData) -> str:
@@ -645,6 +651,12 @@ def _quality_html(pair: PairData) -> str:
     if q.get("detection_ba") is None:
         return out + f'<p class="small">{q["n_explained"]} latents explained; detection scoring was off.</p>'
     ctl = q.get("control_ba")
+    if (q.get("unparsed") or 0) > UNPARSED_WARNING:
+        out += (
+            f'<p class="warn">{fmt(100 * q["unparsed"])} % of the detection judgments could not be read (the '
+            "explainer did not answer with a 0/1 list): they count as wrong, so the scores below measure the "
+            "judge's format, not the explanations. Use a stronger explainer (config/explainers/).</p>"
+        )
     out += (
         f'<p class="small">Explanation quality (detection, F15, on held-out examples): mean balanced accuracy '
         f"<b>{fmt(q['detection_ba'])}</b> over {q['n_scored']} scored latents"
@@ -1092,7 +1104,7 @@ def summary_row(pair: PairData) -> dict[str, Any]:
     row.update(
         {
             f"explanations_{k}": q.get(k)
-            for k in ("n_explained", "n_failed", "detection_ba", "control_ba", "beats_control")
+            for k in ("n_explained", "n_failed", "detection_ba", "control_ba", "beats_control", "unparsed")
         }
     )
     ev = pair.evaluation or {}
