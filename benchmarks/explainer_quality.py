@@ -8,7 +8,8 @@ balanced accuracy (F15) and that of its control (another latent's explanation on
 items); the share of explanations that beat their control; the share of detection judgments
 that could not be read; and, on the raw answers, the share
 that repeat a sentence, that end cut off (no end punctuation after the last marker), and that
-have no ``[EXPLANATION]:`` marker at all, with the mean length of the parsed explanation in words.
+have no ``[EXPLANATION]:`` marker at all; and the mean length in words of the explanation that
+today's parser takes from each raw answer, with the share of those that still repeat a sentence.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
 
-from mneme.explainer_prompts import EXPLANATION_MARKER  # noqa: E402
+from mneme.explainer_prompts import EXPLANATION_MARKER, parse_explanation  # noqa: E402
 
 _SENT = re.compile(r"[^.!?]+[.!?]+")
 
@@ -39,7 +40,7 @@ def cut_off(text: str) -> bool:
 
 def summarise(df: pd.DataFrame) -> dict:
     raw = df["raw_answer"].fillna("").astype(str)
-    expl = df["explanation"].fillna("").astype(str)
+    expl = raw.map(parse_explanation)  # today's parser for every run, so runs compare
     row = {
         "n": len(df),
         "explained": int((expl != "").sum()),
@@ -53,6 +54,7 @@ def summarise(df: pd.DataFrame) -> dict:
         "raw_cut_off": raw.map(cut_off).mean(),
         "no_marker": (~raw.str.contains(re.escape(EXPLANATION_MARKER), case=False)).mean(),
         "words": expl.str.split().map(len).mean(),
+        "parsed_repeats": expl.map(repeats_a_sentence).mean(),
     }
     return row
 

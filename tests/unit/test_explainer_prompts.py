@@ -180,6 +180,10 @@ def test_scale_and_listing_limit():
             "Feline words such as cat and kitten.",
         ),
         ("Nouns for birds and their nests", "Nouns for birds and their nests"),  # no marker, no stop
+        (  # a numbered list looping: the numbers are not sentences, the loop stops at the repeat
+            "1. The act of removing a coin.\n2. The act of removing a coin.\n3. The act of",
+            "The act of removing a coin.",
+        ),
     ],
 )
 def test_parse_explanation(answer, expected):

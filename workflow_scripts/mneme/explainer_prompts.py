@@ -372,6 +372,7 @@ def choose_examples(
 _MARKER_RE = re.compile(r"\[\s*explanation\s*\]\s*:?", re.IGNORECASE)
 _ECHO_RE = re.compile(r"^\s*(example\s*\d+\s*:|activations\s*:)", re.IGNORECASE)
 _SENTENCE_RE = re.compile(r"[^.!?]+(?:[.!?]+|$)")
+_LIST_NUMBER_RE = re.compile(r"^\s*(?:[-*•]|\d+[.):])\s+")  # "1. ", "2) ", "- " at a line start
 MAX_SENTENCES = 2  # an explanation is one or two sentences
 
 
@@ -433,9 +434,10 @@ def parse_explanation(answer: str | None) -> str:
         tail = re.split(r"\n\s*\n", tail, maxsplit=1)[0]  # trailing junk after a blank line
     else:
         paragraphs = [
-            [ln for ln in par.split("\n") if ln.strip() and not _ECHO_RE.match(ln)]
+            [_LIST_NUMBER_RE.sub("", ln) for ln in par.split("\n") if ln.strip() and not _ECHO_RE.match(ln)]
             for par in re.split(r"\n\s*\n", text)
         ]
+        paragraphs = [[ln for ln in par if ln.strip()] for par in paragraphs]
         paragraphs = [p for p in paragraphs if p]
         tail = " ".join(paragraphs[-1]) if paragraphs else ""
     tail = re.sub(r"\s+", " ", tail).strip()
