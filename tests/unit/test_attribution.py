@@ -148,7 +148,7 @@ def _train_planted(root, feats, n_tokens=20_000, epochs=3):
         threshold_start_step=50, threshold_beta=0.99, warmup_steps=20, log_every=100, checkpoint_every=10_000,
         shuffle_buffer_rows=8192, device="cpu",
     )  # fmt: skip
-    train_crosscoder(stores, root / "cc", CrosscoderTrainConfig(**cfg))
+    train_crosscoder(stores, root / "cc", CrosscoderTrainConfig.from_dict(cfg))
     compute_latent_stats(root / "cc", *man, None, None, root / "latents.parquet", root / "topk.npz")
     betas_df = compute_betas(root / "cc", *man, root / "betas.parquet", time_inference=False)
     latents_df = pd.read_parquet(root / "latents.parquet")

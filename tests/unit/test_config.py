@@ -154,54 +154,6 @@ def test_layer_checked_from_prepared_model_card(tmp_path):
     )
 
 
-def test_crosscoder_schema_matches_training_config():
-    """config/schema.yaml's crosscoder section and CrosscoderTrainConfig stay in sync."""
-    import dataclasses
-
-    from mneme.training import CrosscoderTrainConfig
-
-    props = yaml.safe_load(SCHEMA.read_text())["properties"]["crosscoder"]["properties"]
-    fields = {f.name: f.default for f in dataclasses.fields(CrosscoderTrainConfig)}
-    assert set(props) == set(fields)
-    for name, default in fields.items():
-        assert (
-            props[name]["default"] == pytest.approx(default)
-            if isinstance(default, float)
-            else props[name]["default"] == default
-        ), name
-
-
-def schema_defaults(node: dict) -> object:
-    """The defaults a schema object implies, recursively (objects without properties: their default)."""
-    if node.get("type") == "object" and "properties" in node:
-        return {k: schema_defaults(v) for k, v in node["properties"].items()}
-    return node.get("default")
-
-
-def test_interpret_and_categories_schema_match_library_defaults():
-
-    from mneme.categorize import DEFAULTS as CATEGORIES
-    from mneme.explainer_prompts import PromptConfig
-    from mneme.interpret import DEFAULTS as INTERPRET
-
-    props = yaml.safe_load(SCHEMA.read_text())["properties"]
-    interpret = {**INTERPRET, "prompt": PromptConfig().to_dict()}
-    assert schema_defaults(props["interpret"]) == interpret
-    schema_cat = schema_defaults(props["categories"])
-    assert schema_cat.pop("file") is None  # resolved by the workflow, not the library
-    schema_cat.pop("contexts")  # the map_contexts rule's section (schema defaults only)
-    assert schema_cat == CATEGORIES
-
-
-def test_reverse_schema_matches_library_defaults():
-    from mneme.reversal import DEFAULTS
-
-    props = yaml.safe_load(SCHEMA.read_text())["properties"]
-    schema = schema_defaults(props["reverse"])
-    assert schema.pop("categories") is None  # resolved by the workflow from evaluation.json
-    assert schema == {**DEFAULTS, "lora_target_modules": list(DEFAULTS["lora_target_modules"])}
-
-
 def test_interpret_needs_a_known_explainer_model():
     cfg = default_config()
     cfg["interpret"]["vllm"]["model"] = "nope"

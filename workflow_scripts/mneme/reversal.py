@@ -29,7 +29,6 @@ No Snakemake here: the rule script reads the tables and passes a scorer (the ben
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -48,6 +47,7 @@ from mneme.contracts import NO_CATEGORY
 from mneme.evaluation import NONE_LABEL
 from mneme.models import load_causal_lm, pick_device
 from mneme.organism import _Batches, lm_loss
+from mneme.schema import filled
 
 log = logging.getLogger("mneme.reversal")
 
@@ -55,41 +55,8 @@ POOLS = ("attributed", "ranked")
 MAPPINGS = ("categories", "provenance")
 LEANING_DIRECTIONS = ("suppressed", "amplified")
 METHODS = ("full", "lora")
-# Attention and MLP projections of Llama-style blocks (SmolLM2, Llama, Mistral, Qwen2). Other
-# architectures need their own names, or "all-linear" (peft: every linear layer but the LM head).
-LLAMA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # |score_base - score_ft| below this: the category did not move, there is nothing to recover.
 RECOVERY_EPS = 1e-9
-
-# Options of the reverse stage (mirrored by the config schema). Sized so that one retraining of
-# SmolLM2-135M takes a few minutes on 2 CPU cores: 32768 tokens = 256 contexts of 128 tokens,
-# one epoch of batch 8 = 32 steps.
-DEFAULTS: dict[str, Any] = {
-    # which latents
-    "directions": ["suppressed"],  # attribution directions whose contexts are trained on
-    "pool": "attributed",  # "attributed": attribution label; "ranked": n_latents most-leaning live latents
-    "mapping": "categories",  # "categories": categories.parquet; "provenance": category_mass argmax
-    "n_latents": 20,  # at most this many latents per direction, strongest first (null = all; pool attributed)
-    "min_share": 0.0,  # provenance mapping: minimum share of the latent's activation mass on the category
-    "general_category": "general",  # never a provenance answer (the untagged bulk of the corpus)
-    # which contexts
-    "token_budget": 32768,  # targeted set size in tokens (contexts x context_len)
-    "skip_first": 0,  # ranks skipped at the top of every latent's list
-    "control_exclude_targeted": True,  # the random control never contains a targeted context
-    # how to retrain
-    "method": "lora",  # "lora" (merged into the weights afterwards) or "full"
-    "lr": 1e-4,
-    "epochs": 1,
-    "max_steps": None,  # null = epochs x ceil(n_contexts / batch_size)
-    "batch_size": 8,
-    "seed": 0,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "lora_target_modules": LLAMA_TARGET_MODULES,
-    "log_every": None,  # null = about 10 log lines per run
-}
 
 # Keys every per-category record of :func:`run_reversal` has (None where not applicable).
 RECORD_KEYS = (
@@ -121,61 +88,17 @@ ScoreFn = Callable[[torch.nn.Module, Any], Mapping[str, float]]
 
 
 def resolve_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """:data:`DEFAULTS` overlaid with ``options``, checked before any expensive work.
+    """The reverse stage's options (the `reverse:` section without ``categories``, which the rule
+    script resolves) with the schema's defaults filled in and checked, before any expensive work.
 
-    Unknown keys are errors (a typo would otherwise silently fall back to a default).
+    The default sizes (config/schema.yaml) make one retraining of SmolLM2-135M take a few minutes
+    on 2 CPU cores: 32768 tokens = 256 contexts of 128 tokens, one epoch of batch 8 = 32 steps.
     """
-    options = {} if options is None else options
-    if not isinstance(options, Mapping):
-        raise ValueError(f"reversal options must be a mapping, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"reversal options {unknown} are unknown; allowed keys: {sorted(DEFAULTS)}")
-    opts = copy.deepcopy(DEFAULTS)
-    opts.update(copy.deepcopy(dict(options)))
-    if isinstance(opts["directions"], str):
-        opts["directions"] = [opts["directions"]]
-    opts["directions"] = list(opts["directions"])
-
-    def fail(key: str, what: str) -> None:
-        raise ValueError(f"reversal option {key} must be {what}, got {opts[key]!r}")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v: Any) -> bool:
-        return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-    if not opts["directions"] or any(d not in LEANING_DIRECTIONS for d in opts["directions"]):
-        fail("directions", f"a non-empty list of {list(LEANING_DIRECTIONS)}")
-    if opts["pool"] not in POOLS:
-        fail("pool", f"one of {list(POOLS)}")
-    if opts["mapping"] not in MAPPINGS:
-        fail("mapping", f"one of {list(MAPPINGS)}")
-    if opts["method"] not in METHODS:
-        fail("method", f"one of {list(METHODS)}")
-    for key in ("token_budget", "epochs", "batch_size", "lora_r"):
-        if not is_int(opts[key]) or opts[key] < 1:
-            fail(key, "a positive integer")
-    for key in ("n_latents", "max_steps", "log_every"):
-        if opts[key] is not None and (not is_int(opts[key]) or opts[key] < 1):
-            fail(key, "null or a positive integer")
-    if not is_int(opts["skip_first"]) or opts["skip_first"] < 0:
-        fail("skip_first", "an integer >= 0")
-    if not is_int(opts["seed"]):
-        fail("seed", "an integer")
-    if not is_num(opts["lr"]) or opts["lr"] <= 0:
-        fail("lr", "a positive number")
-    for key in ("weight_decay", "min_share", "max_grad_norm", "lora_alpha"):
-        if not is_num(opts[key]) or opts[key] < 0:
-            fail(key, "a number >= 0")
-    if not isinstance(opts["general_category"], str):
-        fail("general_category", "a string")
-    if not isinstance(opts["control_exclude_targeted"], bool):
-        fail("control_exclude_targeted", "true or false")
-    tm = opts["lora_target_modules"]
-    if not (tm == "all-linear" or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm))):
-        fail("lora_target_modules", 'a non-empty list of module names or "all-linear"')
+    options = dict(options or {})
+    if isinstance(options.get("directions"), str):
+        options["directions"] = [options["directions"]]
+    opts = filled("reverse", options)
+    opts.pop("categories")
     return opts
 
 

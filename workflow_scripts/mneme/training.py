@@ -27,7 +27,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +41,7 @@ from mneme.crosscoder import (
 )
 from mneme.models import pick_device
 from mneme.paired_loader import LoaderPosition, PairedBatchLoader
+from mneme.schema import filled
 
 LOG = logging.getLogger("mneme.crosscoder")
 
@@ -65,88 +65,48 @@ class TrainingDivergedError(FloatingPointError):
 
 @dataclass
 class CrosscoderTrainConfig:
-    """Crosscoder training hyperparameters; defaults are method.md section 3's CPU-demo column.
+    """The `crosscoder:` section: defaults, ranges and what each key does are in
+    config/schema.yaml (the CPU demo's profile; method.md section 3 has the paper's values).
 
     ``lr=None`` means the auto rule ``2e-4 / sqrt(h / 2**14)``. ``n_tokens`` (if set) fixes the number of
     training tokens, otherwise ``epochs`` passes over the training rows. ``k_anneal_start`` (if set)
     anneals k linearly from it to ``k`` over ``k_anneal_steps`` steps. ``threshold_start_step`` is the
-    0-based step from which the F8 threshold EMA runs. ``shuffle_buffer_rows`` bounds the rows held in
-    memory for shuffling (at least one storage chunk). ``device='auto'`` picks CUDA when present (with
-    bf16 autocast of the encoder matmul if ``autocast_bf16``), else float32 on CPU.
+    0-based step from which the F8 threshold EMA runs. Build it with :meth:`from_dict`, which fills
+    the schema's defaults and checks the values.
     """
 
-    expansion_factor: int = 8
-    k: int = 16
-    lr: float | None = 5e-4
-    batch_size: int = 512
-    n_tokens: int | None = None
-    epochs: float = 2.0
-    val_tokens: int = 50_000
-    seed: int = 0
-    recon_loss: str = "l2"
-    aux_alpha: float = 1 / 32
-    dead_tokens: int = 200_000
-    threshold_start_step: int = 100
-    threshold_beta: float = 0.99
-    warmup_steps: int = 100
-    decay_start: int | None = None
-    grad_clip: float = 1.0
-    norm_init_scale: float = 1.0
-    k_anneal_start: int | None = None
-    k_anneal_steps: int = 0
-    checkpoint_every: int = 500
-    log_every: int = 50
-    shuffle_buffer_rows: int = 65_536
-    prefetch_batches: int = 4
-    device: str = "auto"
-    autocast_bf16: bool = False
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
-        positive = (
-            "expansion_factor",
-            "k",
-            "batch_size",
-            "checkpoint_every",
-            "log_every",
-            "shuffle_buffer_rows",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"crosscoder option {name} must be positive, got {getattr(self, name)}")
-        if self.recon_loss not in ("l2", "mse"):
-            raise ValueError(f"crosscoder option recon_loss must be 'l2' or 'mse', got {self.recon_loss!r}")
-        if self.n_tokens is None and not self.epochs > 0:
-            raise ValueError("crosscoder training needs n_tokens or epochs > 0")
-        if self.n_tokens is not None and self.n_tokens < self.batch_size:
-            raise ValueError(f"n_tokens={self.n_tokens} is less than one batch of {self.batch_size}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"crosscoder option lr must be positive or null, got {self.lr}")
-        if not 0 <= self.threshold_beta < 1:
-            raise ValueError(f"threshold_beta must be in [0, 1), got {self.threshold_beta}")
-        if self.k_anneal_start is not None and self.k_anneal_start < self.k:
-            raise ValueError(f"k_anneal_start={self.k_anneal_start} must be >= k={self.k}")
-        if self.decay_start is not None and self.decay_start <= self.warmup_steps:
-            raise ValueError(
-                f"decay_start={self.decay_start} must come after warmup_steps={self.warmup_steps}"
-            )
-        if self.val_tokens < 0 or self.dead_tokens <= 0 or self.warmup_steps < 0 or self.k_anneal_steps < 0:
-            raise ValueError("val_tokens, warmup_steps and k_anneal_steps must be >= 0 and dead_tokens > 0")
+    expansion_factor: int
+    k: int
+    lr: float | None
+    batch_size: int
+    n_tokens: int | None
+    epochs: float
+    val_tokens: int
+    seed: int
+    recon_loss: str
+    aux_alpha: float
+    dead_tokens: int
+    threshold_start_step: int
+    threshold_beta: float
+    warmup_steps: int
+    decay_start: int | None
+    grad_clip: float
+    norm_init_scale: float
+    k_anneal_start: int | None
+    k_anneal_steps: int
+    checkpoint_every: int
+    log_every: int
+    shuffle_buffer_rows: int
+    prefetch_batches: int
+    device: str
+    autocast_bf16: bool
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> CrosscoderTrainConfig:
-        """Build from a (YAML) mapping; unknown keys are an error that names them."""
-        d = dict(d or {})
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = [key for key in d if key not in known]
-        if unknown:
-            raise ValueError(
-                f"unknown crosscoder training option {unknown[0]!r}"
-                + (f" (also {', '.join(map(repr, unknown[1:]))})" if len(unknown) > 1 else "")
-                + f"; known options: {', '.join(known)}"
-            )
-        return cls(**d)
+    def from_dict(cls, d: dict | None = None) -> CrosscoderTrainConfig:
+        """Build from a (YAML) mapping, the schema's defaults filled in; a wrong key or value is an
+        error naming it. The cross-key rules (k_anneal_start >= k, decay_start after warmup, ...)
+        are the config checks' (mneme.config), made before any job."""
+        return cls(**filled("crosscoder", d))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -173,41 +133,6 @@ class CrosscoderTrainConfig:
         if self.decay_start is not None and step >= self.decay_start:
             return max(0.0, (total_steps - step) / max(1, total_steps - self.decay_start))
         return 1.0
-
-
-def _coerce(name: str, value, type_str):
-    """Light type coercion for values read from YAML (e.g. ``5e-4`` arrives as a string)."""
-    t = str(type_str)
-    if value is None:
-        if "None" in t:
-            return None
-        raise ValueError(f"crosscoder option {name} must not be null")
-    if t.startswith("int"):
-        if isinstance(value, bool):
-            raise ValueError(f"crosscoder option {name} must be an integer, got {value!r}")
-        if isinstance(value, str):
-            value = float(Fraction(value.replace("_", "")))
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ValueError(f"crosscoder option {name} must be an integer, got {value!r}")
-            value = int(value)
-        return int(value)
-    if t.startswith("float"):
-        if isinstance(value, bool):
-            raise ValueError(f"crosscoder option {name} must be a number, got {value!r}")
-        if isinstance(value, str):
-            try:
-                return float(Fraction(value.replace("_", "")))
-            except ValueError:
-                raise ValueError(f"crosscoder option {name} must be a number, got {value!r}") from None
-        return float(value)
-    if t == "bool":
-        if not isinstance(value, bool):
-            raise ValueError(f"crosscoder option {name} must be true or false, got {value!r}")
-        return value
-    if t == "str":
-        return str(value)
-    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,9 +260,7 @@ def train_crosscoder(
     every optimiser step (``step`` counts completed steps). A NaN/inf loss or gradient norm raises
     :class:`TrainingDivergedError` naming the step; the last good checkpoint is kept.
     """
-    if cfg is None:
-        cfg = CrosscoderTrainConfig()
-    elif isinstance(cfg, dict):
+    if cfg is None or isinstance(cfg, dict):
         cfg = CrosscoderTrainConfig.from_dict(cfg)
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".tmp")
