@@ -26,6 +26,18 @@ def test_indirect_imports_of_real_scripts_are_inputs():
             REPO / "workflow_scripts" / "reverse.py", REPO / "workflow_scripts" / "mneme"
         )
     }
-    # reverse -> reversal -> organism -> organism_options / extraction: all re-run it when edited
-    assert {"reversal", "organism", "organism_options", "extraction", "benchmark", "mmlu"} <= mods
+    # reverse -> reversal -> organism -> organism_options / hooks: all re-run it when edited
+    assert {"reversal", "organism", "organism_options", "hooks", "benchmark", "mmlu"} <= mods
     assert "report" not in mods
+
+
+def test_the_organism_does_not_depend_on_extraction():
+    """Both stop the forward pass with mneme.hooks: an edit to extraction re-runs no organism."""
+    mods = {
+        Path(p).stem
+        for p in library_modules(
+            REPO / "workflow_scripts" / "make_organism.py", REPO / "workflow_scripts" / "mneme"
+        )
+    }
+    assert "hooks" in mods and "organism" in mods
+    assert not mods & {"extraction", "activation_store", "logs"}

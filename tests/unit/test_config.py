@@ -168,7 +168,7 @@ def test_interpret_needs_a_known_explainer_model():
 def test_bad_organism_option_is_caught_before_any_job():
     cfg = default_config()
     cfg["models"]["smollm2-bio-rmu"]["options"] = {"stepz": 3}
-    assert "models.smollm2-bio-rmu.options.stepz: unknown option for method 'rmu'" in problems(cfg)
+    assert "models.smollm2-bio-rmu.options: unknown key(s) 'stepz'; allowed keys: alpha," in problems(cfg)
 
 
 def test_evaluate_schema_keys_are_evaluate_pair_arguments():

@@ -190,9 +190,9 @@ CASES: list[tuple[str, Callable, str]] = [
     ("a NaN fraction (passes the sum check)", set_key("gcide.parts.organism", float("nan")), "gcide.parts.organism: nan is not a finite number"),
     # 6. interpreter, devices, category files
     ("vLLM Python missing", set_key("interpret.vllm.python", "/nowhere/.venv-vllm/bin/python"), "interpret.vllm.python: '/nowhere/.venv-vllm/bin/python' does not exist"),
-    ("unknown crosscoder device", set_key("crosscoder.device", "gpu"), "crosscoder.device: unknown device 'gpu'; expected one of auto, cpu, cuda, cuda:N, mps"),
-    ("vLLM device with an index", set_key("interpret.vllm.device", "cuda:1"), "interpret.vllm.device: unknown device 'cuda:1'"),
-    ("embedding device auto", set_key("categories.embedding.device", "auto"), "categories.embedding.device: unknown device 'auto'"),
+    ("unknown crosscoder device", set_key("crosscoder.device", "gpu"), "crosscoder.device: 'gpu' is not allowed (auto = CUDA when present, else CPU (float32); or cpu, cuda, cuda:N, mps.)"),
+    ("vLLM device with an index", set_key("interpret.vllm.device", "cuda:1"), "interpret.vllm.device: 'cuda:1' is not one of ['auto', 'cpu', 'cuda']"),
+    ("embedding device auto", set_key("categories.embedding.device", "auto"), "categories.embedding.device: 'auto' is not allowed (Device of the embedding model: cpu, cuda, cuda:N or mps.)"),
     ("unknown benchmark category", set_key("benchmark.categories", ["biology", "biolgy"]), "benchmark.categories: unknown category 'biolgy'"),
     ("tag in two categories", gcide_file(DUP_TAG), "categories.chemistry.tags: tag 'Zool' duplicates 'Zool.' in categories.biology"),
     ("category file is a list", gcide_file("- biology\n- law\n"), "gcide.categories: {tmp}/cats.yaml: expected a mapping with `categories:`"),
@@ -245,16 +245,18 @@ def test_problems_of_different_phases_are_reported_together(tmp_path):
     """A duplicate key and a NaN are reported with a schema error, and with cross-key errors."""
     kw = dup_config_file(cfg := base_config(), tmp_path)
     cfg["crosscoder"]["lr"] = float("nan")
-    cfg["activations"]["dtype"] = "float8"  # a schema error: the cross-key checks do not run
+    cfg["activations"]["dtype"] = "float8"  # schema errors: the cross-key checks do not run
+    cfg["crosscoder"]["device"] = "gpu"
     msg = message(copy.deepcopy(cfg), tmp_path, **kw)
     assert "duplicate key 'k' in crosscoder" in msg
     assert "crosscoder.lr: nan is not a finite number" in msg
     assert "activations.dtype: 'float8' is not one of" in msg
+    assert "crosscoder.device: 'gpu' is not allowed" in msg
     cfg["activations"]["dtype"] = "bfloat16"
+    cfg["crosscoder"]["device"] = "cpu"
     cfg["crosscoder"]["k_anneal_start"] = 8
-    cfg["crosscoder"]["device"] = "gpu"
     msg = message(cfg, tmp_path, **kw)
-    for part in ("duplicate key 'k'", "crosscoder.lr:", "crosscoder.k_anneal_start:", "crosscoder.device:"):
+    for part in ("duplicate key 'k'", "crosscoder.lr:", "crosscoder.k_anneal_start:"):
         assert part in msg, part
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from mneme.explainer_prompts import (
     DEFAULT_SYSTEM_PROMPT,
+    DEFAULT_YES_NO_SYSTEM_PROMPT,
     EXPLANATION_MARKER,
+    DetectionItem,
     Example,
     PromptConfig,
     activation_list,
@@ -21,7 +25,9 @@ from mneme.explainer_prompts import (
     parse_detection,
     parse_explanation,
     prompt_hash,
+    ranked_predictions,
     scale_activation,
+    yes_no_score,
 )
 
 
@@ -228,7 +234,7 @@ def test_parse_detection(answer, n, expected):
 def test_detection_prompts_batch_and_mix_deterministically():
     pos = [EX1] * 3
     neg = [EX2] * 3
-    cfg = {"detection": {"n_positive": 2, "n_negative": 3, "batch_size": 2}}
+    cfg = {"detection": {"n_positive": 2, "n_negative": 3, "batch_size": 2, "judge": "list"}}
     items = detection_items(TOK, pos, neg, cfg, seed=7)
     assert len(items) == 5 and sum(i.label for i in items) == 2
     assert items == detection_items(TOK, pos, neg, cfg, seed=7)
@@ -238,6 +244,39 @@ def test_detection_prompts_batch_and_mix_deterministically():
     assert "Feature description: cats sitting" in prompts[0][1]["content"]
     assert "1. " in prompts[0][1]["content"] and "3. " not in prompts[0][1]["content"]
     assert "Give a list of 1 numbers" in prompts[-1][1]["content"]
+
+
+def test_yes_no_prompts_one_per_excerpt_with_a_shared_prefix():
+    items = [DetectionItem("the cat sat", True), DetectionItem("a dog ran", False)]
+    prompts = build_detection_prompts("cats sitting", items, {})  # yes_no is the default judge
+    assert len(prompts) == 2
+    assert prompts[0][0] == {"role": "system", "content": DEFAULT_YES_NO_SYSTEM_PROMPT}
+    assert prompts[1][1]["content"] == (
+        "Feature description: cats sitting\n\nExcerpt: a dog ran\n\n"
+        "Is the feature active in this excerpt? Answer Yes or No."
+    )
+
+
+def test_yes_no_score_pools_spellings_and_bounds_a_missing_answer():
+    lse = math.log(math.exp(-0.5) + math.exp(-2.0))
+    assert yes_no_score({" Yes": -0.5, "yes": -2.0, " No": -1.0}) == pytest.approx(lse + 1.0)
+    # " No" absent: its log-probability is at most the smallest listed one (-4.0)
+    assert yes_no_score({"Yes.": -0.1, " the": -4.0}) == pytest.approx(-0.1 + 4.0)
+    assert yes_no_score({" NO": -0.2, " Yes": -3.0}) == pytest.approx(-2.8)
+    assert yes_no_score({" maybe": -0.1, " the": -1.0}) is None
+    assert yes_no_score({}) is None
+
+
+def test_ranked_predictions_take_the_top_n_positive_scores():
+    assert ranked_predictions([0.5, -1.0, 2.0, None, 0.1], 2) == [1.0, 0.0, 1.0, None, 0.0]
+    # ties at the cut share the places left: 1 place for 3 items tied at 0.5
+    assert ranked_predictions([2.0, 0.5, 0.5, 0.5, -1.0], 2) == [1.0, 1 / 3, 1 / 3, 1 / 3, 0.0]
+    assert ranked_predictions([1.0, 1.0, 1.0, 1.0], 2) == [0.5] * 4
+    tied = detection_metrics([True, True, False, False], ranked_predictions([1.0] * 4, 2))
+    assert tied["balanced_accuracy"] == 0.5 and tied["tp"] == 1.0  # everything alike: chance
+    labels = [True, True, False, False]
+    m = detection_metrics(labels, ranked_predictions([3.0, -1.0, 2.0, -2.0], 2))
+    assert m["balanced_accuracy"] == 0.5 and m["tp"] == 1 and m["fp"] == 1  # hand-computed
 
 
 def test_classify_prompt_and_parse():

@@ -76,15 +76,26 @@ class FakeBackend:
     model = "fake-model"
 
     def __init__(
-        self, crash_after: int | None = None, fail_when: str | None = None, judge_word: str | None = "cat"
+        self,
+        crash_after: int | None = None,
+        fail_when: str | None = None,
+        judge_word: str | None = "cat",
+        yes_bias: float | None = None,
     ):
+        self.yes_bias = yes_bias
         self.prompts: list = []
         self.crash_after = crash_after
         self.fail_when = fail_when
         self.judge_word = judge_word
 
-    def answer(self, messages) -> str:
+    def answer(self, messages, top_logprobs: int = 0) -> str | dict[str, float]:
         user = messages[-1]["content"]
+        if top_logprobs:  # the yes_no judge: first-token alternatives, " Yes" likelier on a hit
+            excerpt = user.split("Excerpt: ", 1)[1].split("\n\n", 1)[0]
+            word = self.judge_word or user.split("\n", 1)[0].split()[-1]
+            if self.yes_bias is not None:  # leans to Yes on everything, by the same margin
+                return {" Yes": -0.1, " No": -0.1 - self.yes_bias, "Maybe": -5.0}
+            return {" Yes": -0.2, " No": -1.8} if word in excerpt else {" No": -0.3, "yes": -1.6}
         if user.startswith("Feature description:"):
             lines = [ln for ln in user.split("\n") if ln[:1].isdigit()]
             word = self.judge_word or user.split("\n", 1)[0].split()[-1]  # None: follow the description
@@ -92,7 +103,7 @@ class FakeBackend:
         word = user.split("<<", 1)[1].split(">>", 1)[0].strip()
         return f"The examples share a word.\n[EXPLANATION]: the word {word}\n\nextra junk"
 
-    def generate_many(self, prompts, max_tokens=None, temperature=None, **decoding):
+    def generate_many(self, prompts, max_tokens=None, temperature=None, top_logprobs=0, **decoding):
         for i, messages in enumerate(prompts):
             if self.crash_after is not None and len(self.prompts) >= self.crash_after:
                 raise KeyboardInterrupt("simulated crash")
@@ -100,7 +111,7 @@ class FakeBackend:
             if self.fail_when and self.fail_when in messages[-1]["content"]:
                 yield i, RuntimeError("server said no")
             else:
-                yield i, self.answer(messages)
+                yield i, self.answer(messages, top_logprobs)
 
 
 CFG = {"n_examples": 3, "max_tokens": 32, "examples": "top"}  # cache tests: top examples only
@@ -173,7 +184,10 @@ def test_failed_requests_raise_after_caching_or_are_skipped(tmp_path):
 
 def test_detection_scoring_and_its_cache(tmp_path):
     ctx, cache = make_contexts(), tmp_path / "cache.jsonl"
-    cfg = {**CFG, "detection": {"n_positive": 4, "n_negative": 4, "batch_size": 3, "control": False}}
+    cfg = {
+        **CFG,
+        "detection": {"n_positive": 4, "n_negative": 4, "batch_size": 3, "control": False, "judge": "list"},
+    }
     b = FakeBackend(judge_word="cat")
     df = interpret_latents(ctx, [1, 2], TOK, b, cache, cfg, "fake", score=True).set_index("latent")
     assert len(b.prompts) == 2 + 2 * 3  # 2 explanations + ceil(8 / 3) detection batches each
@@ -192,7 +206,7 @@ def test_detection_control_is_another_latents_explanation(tmp_path):
     """A judge that follows the description: each latent's own explanation is perfect, another
     latent's explanation on the same items finds nothing (balanced accuracy 0.5)."""
     ctx, cache = make_contexts(), tmp_path / "cache.jsonl"
-    cfg = {**CFG, "detection": {"n_positive": 4, "n_negative": 4, "batch_size": 4}}
+    cfg = {**CFG, "detection": {"n_positive": 4, "n_negative": 4, "batch_size": 4, "judge": "list"}}
     b = FakeBackend(judge_word=None)
     df = interpret_latents(ctx, [1, 2, 3], TOK, b, cache, cfg, "fake", score=True).set_index("latent")
     assert len(b.prompts) == 3 + 3 * 2 * 2  # explanations + own and control batches
@@ -207,6 +221,26 @@ def test_detection_control_is_another_latents_explanation(tmp_path):
     assert not df.set_index("latent")["beats_control"].any()
 
 
+def test_yes_no_judge_ranks_excerpts_by_their_logprobs(tmp_path):
+    """One prompt per excerpt; the top n_positive scores are judged active. A judge that follows
+    the description is perfect with its own explanation and at chance with the control; one that
+    says Yes to everything by the same margin is at chance, not perfect."""
+    ctx, cache = make_contexts(), tmp_path / "cache.jsonl"
+    cfg = {**CFG, "detection": {"n_positive": 4, "n_negative": 4}}  # judge: yes_no, the default
+    b = FakeBackend(judge_word=None)
+    df = interpret_latents(ctx, [1, 2, 3], TOK, b, cache, cfg, "fake", score=True).set_index("latent")
+    assert len(b.prompts) == 3 + 3 * 2 * 8  # explanations + one prompt per item, own and control
+    assert (df["detection_balanced_accuracy"] == 1.0).all() and (df["detection_n_unparsed"] == 0).all()
+    assert (df["control_balanced_accuracy"] == 0.5).all() and df["beats_control"].all()
+    again = FakeBackend(judge_word=None)
+    df2 = interpret_latents(ctx, [1, 2, 3], TOK, again, cache, cfg, "fake", score=True).set_index("latent")
+    assert again.prompts == [] and df2["detection_balanced_accuracy"].tolist() == [1.0] * 3  # cached
+    biased = interpret_latents(
+        ctx, [1, 2], TOK, FakeBackend(yes_bias=2.0), tmp_path / "b.jsonl", cfg, "f", score=True
+    )
+    assert (biased["detection_balanced_accuracy"] == 0.5).all()
+
+
 def test_detection_judges_only_examples_the_explainer_did_not_see(tmp_path):
     ctx = make_contexts()
     quantile = ctx[(ctx["latent"] == 1) & (ctx["kind"] == "quantile")]
@@ -214,7 +248,7 @@ def test_detection_judges_only_examples_the_explainer_did_not_see(tmp_path):
         "n_examples": 4,
         "examples": "mix",
         "max_tokens": 32,
-        "detection": {"n_negative": 0, "batch_size": 10},
+        "detection": {"n_negative": 0, "batch_size": 10, "judge": "list"},
     }
     b = FakeBackend(judge_word="cat")
     df = interpret_latents(ctx, [1], TOK, b, tmp_path / "c.jsonl", cfg, "fake", score=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mneme.explainer_prompts import DetectionItem, PromptConfig, build_detection_prompts
 from mneme.interpret import interpret_latents, open_backend
 from mneme.llm_backends import VLLMServer, VLLMServerError, port_open
 
@@ -100,7 +101,12 @@ def test_real_vllm_server_explains_and_cleans_up(tiny_model, vllm_python, tmp_pa
     tok = load_tokenizer(tiny_model)
     ctx = tiny_contexts(tok)
     cfg = tiny_vllm_config(vllm_python, concurrency=4)
-    prompt = {"n_examples": 2, "system_prompt": "Describe the marked tokens.", "max_tokens": 12}
+    prompt = {
+        "n_examples": 2,
+        "examples": "top",
+        "system_prompt": "Describe the marked tokens.",
+        "max_tokens": 12,
+    }
     cache = tmp_path / "cache.jsonl"
     t0 = time.monotonic()
     with open_backend(cfg, tiny_model, server_log=tmp_path / "server.log") as backend:
@@ -109,6 +115,14 @@ def test_real_vllm_server_explains_and_cleans_up(tiny_model, vllm_python, tmp_pa
         startup = server.startup_seconds
         assert port_open("127.0.0.1", port)
         df = interpret_latents(ctx, [0, 1, 2], tok, backend, cache, prompt, "vllm:tiny")
+        # the yes_no judge reads the first token's alternatives from the real server
+        items = [DetectionItem("Permission is hereby granted", True), DetectionItem("a cat sat", False)]
+        judge = PromptConfig.from_dict({})
+        tops = dict(
+            backend.generate_many(
+                build_detection_prompts("licences", items, judge), **judge.detection_generation()
+            )
+        )
     print(f"vLLM startup {startup:.1f} s, total with requests and shutdown {time.monotonic() - t0:.1f} s")
     # the tiny random model answers gibberish: we only check that the pipeline ran end to end
     assert df["latent"].tolist() == [0, 1, 2]
@@ -116,6 +130,9 @@ def test_real_vllm_server_explains_and_cleans_up(tiny_model, vllm_python, tmp_pa
     assert df["raw_answer"].map(lambda s: isinstance(s, str) and len(s) > 0).all()
     lines = cache.read_text().splitlines()
     assert sum('"type": "explanation"' in ln for ln in lines) == 3
+    # up to 20 alternatives (byte tokens can decode to the same text)
+    assert sorted(tops) == [0, 1] and all(isinstance(t, dict) and 10 <= len(t) <= 20 for t in tops.values())
+    assert all(lp <= 0 for t in tops.values() for lp in t.values())  # log-probabilities of 20 tokens
     # a re-run (server gone) is answered from the cache alone
     again = interpret_latents(ctx, [0, 1, 2], tok, NoRequests(), cache, prompt, "vllm:tiny")
     assert again["cached"].all() and again["raw_answer"].tolist() == df["raw_answer"].tolist()
@@ -130,7 +147,7 @@ def test_real_vllm_bad_model_dir_fails_fast_with_log_tail(vllm_python, tmp_path)
     bogus.mkdir()
     t0 = time.monotonic()
     srv = VLLMServer(
-        bogus, python=vllm_python, enforce_eager=True, startup_timeout=240, log_path=tmp_path / "s.log"
+        bogus, python=vllm_python, enforce_eager=True, startup_timeout_s=240, log_path=tmp_path / "s.log"
     )
     with pytest.raises(VLLMServerError) as err:
         with srv:
@@ -207,7 +224,11 @@ def test_fake_server_death_and_timeout_report_log_tail(fake_module, tmp_path):
     assert not group_alive(srv.pid)
 
     srv = VLLMServer(
-        tmp_path, log_path=tmp_path / "b.log", extra_args=["--mode", "hang"], startup_timeout=3, **fake_module
+        tmp_path,
+        log_path=tmp_path / "b.log",
+        extra_args=["--mode", "hang"],
+        startup_timeout_s=3,
+        **fake_module,
     )
     t0 = time.monotonic()
     with pytest.raises(VLLMServerError, match="(?s)not healthy after 3 s.*fake server starting"):

@@ -21,7 +21,7 @@ import jsonschema
 import yaml
 
 from mneme.models import CARD, PACKAGED, known_num_layers
-from mneme.schema import apply_defaults
+from mneme.schema import apply_defaults, resolve_ref
 
 
 class ConfigError(ValueError):
@@ -191,14 +191,78 @@ def schema_problems(cfg: Any, schema: dict) -> list[str]:
             extra = sorted(set(err.instance) - set(allowed))
             hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
             problems.append(f"{key}: unknown key(s) {', '.join(map(repr, extra))}{hint}")
+        elif err.validator == "unevaluatedProperties":
+            problems += _branch_key_problems(key, err.instance, err.schema)
+        elif err.validator == "required" and _branch_condition(err, schema):
+            field, value = _branch_condition(err, schema)
+            missing = [r for r in err.validator_value if r not in err.instance]
+            problems += [f"{key}.{m}: required for {field} '{value}'" for m in missing]
         elif err.validator == "enum":
             problems.append(f"{key}: {err.instance!r} is not one of {err.validator_value}")
         elif err.validator == "type":
             problems.append(f"{key}: expected {err.validator_value}, got {err.instance!r}")
+        elif err.validator == "pattern":
+            desc = err.schema.get("description", "expected: " + err.validator_value)
+            problems.append(f"{key}: {err.instance!r} is not allowed ({desc.strip()})")
         else:
             desc = err.schema.get("description", "") if isinstance(err.schema, dict) else ""
             problems.append(f"{key}: {err.message}" + (f" ({desc.strip()})" if desc else ""))
     return problems
+
+
+def _branch_condition(err: jsonschema.ValidationError, root: dict) -> tuple[str, Any] | None:
+    """``(field, value)`` of the ``if: {properties: {field: {const: value}}}`` branch whose ``then``
+    raised ``err`` (say ``("source", "hub")``), or None for an error outside such a branch."""
+    path = list(err.schema_path)
+    if len(path) < 2 or path[-2] != "then":
+        return None
+    node = root
+    for part in path[:-2]:
+        node = resolve_ref(node, root)[part]
+    conds = node.get("if", {}).get("properties", {})
+    if len(conds) != 1:
+        return None
+    ((field, cond),) = conds.items()
+    return (field, cond["const"]) if "const" in cond else None
+
+
+def _branches(schema: dict) -> list[tuple[str, Any, dict]]:
+    """``(field, value, then)`` of each ``allOf`` branch conditioned on one field's const value."""
+    out = []
+    for branch in schema.get("allOf", []):
+        conds = branch.get("if", {}).get("properties", {})
+        if len(conds) == 1 and "then" in branch:
+            ((field, cond),) = conds.items()
+            if "const" in cond:
+                out.append((field, cond["const"], branch["then"]))
+    return out
+
+
+def _branch_key_problems(key: str, instance: dict, schema: dict) -> list[str]:
+    """Keys no branch of ``schema`` allows for this ``instance``: a key of another branch (a hub
+    model with a tiny model's ``seed``: almost always a typo in ``source``) or an unknown key.
+    Keys of the instance's own branch are skipped: that branch reports its own error."""
+    out = []
+    own = set(schema.get("properties", {}))
+    others: dict[str, tuple[str, Any]] = {}
+    for field, value, then in _branches(schema):
+        keys = set(then.get("properties", {}))
+        if instance.get(field) == value:
+            own |= keys
+        else:
+            for k in keys:
+                others.setdefault(k, (field, value))
+    extra = sorted(set(instance) - own)
+    for k in extra:
+        if k in others:
+            field, value = others[k]
+            out.append(f"{key}.{k}: only used with {field} '{value}', but {field} is '{instance.get(field)}'")
+    unknown = [k for k in extra if k not in others]
+    if unknown:
+        out.append(
+            f"{key}: unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: {', '.join(sorted(own))}"
+        )
+    return out
 
 
 def resolve_path(path: str, basedir: str | os.PathLike) -> str:
@@ -208,40 +272,9 @@ def resolve_path(path: str, basedir: str | os.PathLike) -> str:
     return str(Path(basedir) / path)
 
 
-REQUIRED_BY_SOURCE = {
-    "hub": ["id"],
-    "local": ["path"],
-    "packaged": ["package"],
-    "tiny": [],
-    "organism": ["base", "method"],
-}
-SOURCE_ONLY_KEYS = {
-    "id": "hub",
-    "revision": "hub",
-    "path": "local",
-    "package": "packaged",
-    "seed": "tiny",
-    "hidden_size": "tiny",
-    "num_hidden_layers": "tiny",
-    "num_attention_heads": "tiny",
-    "intermediate_size": "tiny",
-    "vocab_size": "tiny",
-    "tokenizer_files": "tiny",
-    "base": "organism",
-    "method": "organism",
-    "forget_categories": "organism",
-    "retain_categories": "organism",
-    "options": "organism",
-}
-
-
 def _model_problems(name: str, spec: dict, models: dict, categories: set[str] | None) -> list[str]:
     key, src = f"models.{name}", spec["source"]
-    out = [f"{key}.{req}: required for source '{src}'" for req in REQUIRED_BY_SOURCE[src] if req not in spec]
-    # a key that belongs to another source is almost always a typo in `source`
-    for k, owner in SOURCE_ONLY_KEYS.items():
-        if k in spec and owner != src:
-            out.append(f"{key}.{k}: only used with source '{owner}', but source is '{src}'")
+    out = []
     if src == "local" and "path" in spec and not os.path.isfile(os.path.join(spec["path"], "config.json")):
         out.append(f"{key}.path: {spec['path']!r} is not a directory with a config.json (a HF checkpoint)")
     if src == "tiny" and spec["hidden_size"] % spec["num_attention_heads"]:
@@ -674,7 +707,6 @@ def semantic_problems(
     out += _context_len_problems(cfg, facts)
     out += _activation_problems(cfg)
     out += _crosscoder_problems(cfg, facts)
-    out += _device_problems(cfg)
     out += _interpret_problems(cfg, basedir)
     out += _benchmark_problems(cfg, basedir, categories)
     return out
@@ -789,32 +821,6 @@ def _crosscoder_problems(cfg: dict, facts: dict) -> list[str]:
                 f"{users[0]!r}: its stores have {rows} rows (corpora.{name}.n_tokens {corpus['n_tokens']} "
                 f"in contexts of {corpus['context_len']}); expected val_tokens < {rows} or a larger n_tokens"
             )
-    return out
-
-
-DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-# where a device is configured, and what the code reading it accepts
-DEVICE_KEYS = {
-    ("crosscoder", "device"): ("auto", "cpu", "cuda", "cuda:N", "mps"),  # models.pick_device
-    ("interpret", "vllm", "device"): ("auto", "cpu", "cuda"),  # llm_backends.VLLMServer
-    ("categories", "embedding", "device"): ("cpu", "cuda", "cuda:N", "mps"),  # SentenceTransformer
-}
-
-
-def _device_problems(cfg: dict) -> list[str]:
-    out = []
-    for path, allowed in DEVICE_KEYS.items():
-        node = cfg
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            continue
-        value = str(node)
-        ok = DEVICE_RE.fullmatch(value) and (
-            value in allowed or ("cuda:N" in allowed and value.startswith("cuda:"))
-        )
-        if not ok:
-            out.append(f"{_key(path)}: unknown device {node!r}; expected one of {', '.join(allowed)}")
     return out
 
 
@@ -939,14 +945,7 @@ def validate_config(
     problems = schema_problems(cfg, schema)
     if problems:
         raise ConfigError(early + problems)
-    explicit = {name: set(spec) for name, spec in cfg["models"].items()}
-    apply_defaults(cfg, schema)
-    for name, spec in cfg["models"].items():
-        # schema defaults of one source (say tiny's seed) must not land in another source's spec:
-        # they would be noise in params and a change to them would re-run unrelated models
-        for k in list(spec):
-            if SOURCE_ONLY_KEYS.get(k, spec["source"]) != spec["source"] and k not in explicit[name]:
-                del spec[k]
+    apply_defaults(cfg, schema)  # each model gets its own source's defaults only (allOf if/then)
     problems = early + semantic_problems(cfg, basedir, results_dir)
     if problems:
         raise ConfigError(problems)

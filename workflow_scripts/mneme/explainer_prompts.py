@@ -13,6 +13,10 @@ Three prompt kinds, all returned as OpenAI-style chat messages (``[{"role", "con
 - Detection (F15): given an explanation, the explainer judges held-out examples (quantile
   examples are positives, non-activating ones negatives) as activating or not;
   :func:`detection_metrics` turns the judgments into balanced accuracy, precision, recall, F1.
+  Two judges: ``list`` asks for a bracketed 0/1 list over a batch of excerpts (delphi's format;
+  needs a model that follows it), ``yes_no`` asks about one excerpt at a time and reads the
+  log-probabilities of "Yes" and "No" as the first answer token (delphi's ``log_prob`` idea), so a
+  small model that cannot write the list still gives a usable ranking (:func:`yes_no_score`).
 - Category classification (stage 9): one label of the category set or ``none``.
 
 Everything here is pure Python (no model, no network) so that it can be tested exactly.
@@ -57,6 +61,13 @@ DEFAULT_DETECTION_SYSTEM_PROMPT = (
     "order given (1 = active, 0 = not active), for example [1, 0, 0, 1]. Write nothing else."
 )
 
+DEFAULT_YES_NO_SYSTEM_PROMPT = (
+    "You check descriptions of neural network features. A feature is a direction inside a "
+    "language model that becomes active on certain texts. You will get the description of one "
+    "feature and one text excerpt. Judging only from the description, is the feature active "
+    "somewhere in the excerpt? Answer Yes or No."
+)
+
 DEFAULT_CLASSIFY_SYSTEM_PROMPT = (
     "You sort descriptions of neural network features into subject categories. You will get a "
     "list of categories, each with a definition, and the description of one feature. Choose the "
@@ -81,7 +92,9 @@ class DetectionConfig:
     stop: tuple[str, ...]
     seed: int
     control: bool
-    system_prompt: str | None  # None: DEFAULT_DETECTION_SYSTEM_PROMPT
+    judge: str  # list | yes_no
+    top_logprobs: int  # yes_no: first-token alternatives read
+    system_prompt: str | None  # None: the judge's default system prompt
 
 
 @dataclass(frozen=True)
@@ -131,7 +144,10 @@ class PromptConfig:
         }
 
     def detection_generation(self) -> dict[str, Any]:
-        """Decoding settings of a detection request (greedy, no penalty: the answer is 0s and 1s)."""
+        """Decoding settings of a detection request (greedy, no penalty): a 0/1 list, or for the
+        yes_no judge one token whose alternatives are read."""
+        if self.detection.judge == "yes_no":
+            return {"temperature": 0.0, "top_logprobs": self.detection.top_logprobs}
         return {
             "max_tokens": self.detection.max_tokens,
             "temperature": 0.0,
@@ -461,8 +477,23 @@ def detection_items(
 def build_detection_prompts(
     explanation: str, items: Sequence[DetectionItem], cfg: PromptConfig | Mapping | None = None
 ) -> list[list[dict[str, str]]]:
-    """One chat prompt per batch of ``detection.batch_size`` items."""
+    """The judging prompts of ``items``: one per batch of ``detection.batch_size`` items for the
+    ``list`` judge, one per item for the ``yes_no`` judge. The explanation comes before the
+    excerpts, so that every prompt of one explanation shares a prefix (vLLM caches it)."""
     cfg = PromptConfig.from_dict(cfg)
+    if cfg.detection.judge == "yes_no":
+        system = cfg.detection.system_prompt or DEFAULT_YES_NO_SYSTEM_PROMPT
+        return [
+            [
+                {"role": "system", "content": system},
+                {
+                    "role": "user",
+                    "content": f"Feature description: {explanation}\n\nExcerpt: {item.text}\n\n"
+                    "Is the feature active in this excerpt? Answer Yes or No.",
+                },
+            ]
+            for item in items
+        ]
     bs = max(1, cfg.detection.batch_size)
     system = cfg.detection.system_prompt or DEFAULT_DETECTION_SYSTEM_PROMPT
     prompts = []
@@ -473,6 +504,52 @@ def build_detection_prompts(
         lines += ["", f"Give a list of {len(batch)} numbers (0 or 1)."]
         prompts.append([{"role": "system", "content": system}, {"role": "user", "content": "\n".join(lines)}])
     return prompts
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def yes_no_score(top_logprobs: Mapping[str, float]) -> float | None:
+    """log P(Yes) - log P(No) of a first answer token, from its most likely alternatives.
+
+    Spellings are pooled (" Yes", "yes", "YES."). An answer missing from the alternatives has at
+    most the smallest listed log-probability, which bounds the score; neither present is None
+    (unreadable). Positive means the judge leans to "active".
+    """
+    yes, no = [], []
+    for token, lp in top_logprobs.items():
+        word = token.strip().strip(".,:!\"'").lower()
+        if word == "yes":
+            yes.append(lp)
+        elif word == "no":
+            no.append(lp)
+    if not yes and not no:
+        return None
+    floor = min(top_logprobs.values())
+    return (_logsumexp(yes) if yes else floor) - (_logsumexp(no) if no else floor)
+
+
+def ranked_predictions(scores: Sequence[float | None], n_positive: int) -> list[float | None]:
+    """Judgments from yes_no scores: the ``n_positive`` highest-scoring items are "active".
+
+    The share of activating excerpts is fixed by design (``n_positive`` of the items), so the
+    judge only has to rank them; balanced accuracy then measures that ranking, and a judge that
+    leans to "Yes" on everything is not mistaken for a good one. Items tied at the cut share the
+    places left (each judged active with that probability: the expectation over tie orders, so a
+    judge that scores everything alike is exactly at chance). An unreadable item (None) stays
+    None and counts as wrong.
+    """
+    ranked = sorted((s for s in scores if s is not None), reverse=True)
+    if n_positive <= 0 or not ranked:
+        return [None if s is None else 0.0 for s in scores]
+    if n_positive >= len(ranked):
+        return [None if s is None else 1.0 for s in scores]
+    cut = ranked[n_positive - 1]
+    above = sum(s > cut for s in ranked)
+    share = (n_positive - above) / sum(s == cut for s in ranked)
+    return [None if s is None else 1.0 if s > cut else share if s == cut else 0.0 for s in scores]
 
 
 _LIST_RE = re.compile(r"\[([^\[\]]*)\]")
@@ -505,30 +582,29 @@ def parse_detection(answer: str | None, n: int) -> list[bool | None]:
     return out + [None] * (n - len(out))
 
 
-def detection_metrics(labels: Sequence[bool], predictions: Sequence[bool | None]) -> dict[str, float]:
+def detection_metrics(labels: Sequence[bool], predictions: Sequence[bool | float | None]) -> dict[str, float]:
     """delphi's classification metrics; an unreadable judgment (None) counts as a wrong one.
 
     balanced_accuracy = (TP/P + TN/N)/2, precision = TP/(TP+FP), recall = TP/P, F1 = 2PR/(P+R).
-    Undefined ratios (no positives, no positive predictions) are 0.0.
+    A judgment may be a probability of "active" (:func:`ranked_predictions` on ties): it counts
+    fractionally. Undefined ratios (no positives, no positive predictions) are 0.0.
     """
     if len(labels) != len(predictions):
         raise ValueError(f"{len(labels)} labels but {len(predictions)} predictions")
-    tp = fp = tn = fn = unparsed = 0
+    tp = fp = tn = fn = 0.0
+    unparsed = 0
     for y, p in zip(labels, predictions):
         if p is None:
             unparsed += 1
             p = not y  # wrong by construction
-        if y and p:
-            tp += 1
-        elif y:
-            fn += 1
-        elif p:
-            fp += 1
+        p = float(p)
+        if y:
+            tp, fn = tp + p, fn + 1 - p
         else:
-            tn += 1
+            fp, tn = fp + p, tn + 1 - p
     pos, neg = tp + fn, tn + fp
 
-    def ratio(a: int, b: int) -> float:
+    def ratio(a: float, b: float) -> float:
         return a / b if b else 0.0
 
     precision, recall = ratio(tp, tp + fp), ratio(tp, pos)

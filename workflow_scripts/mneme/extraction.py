@@ -3,7 +3,7 @@
 The hidden state we store for ``layer = L`` is the OUTPUT of decoder block L (0-based), which is
 transformers' ``hidden_states[L + 1]`` and the input of block L + 1. The model is loaded with only
 its first L + 1 blocks (later blocks and the LM head are never built), and a forward hook on block
-L raises :class:`StopForward` so the final norm is not applied either. On a 30-block model at
+L raises :class:`~mneme.hooks.StopForward` so the final norm is not applied either. On a 30-block model at
 layer 15 this roughly halves the cost and skips the 49k-vocab head entirely.
 """
 
@@ -19,26 +19,15 @@ import torch
 import zarr
 
 from mneme.activation_store import ShardWriter
+from mneme.hooks import find_blocks, output_of
 from mneme.models import pick_device, read_card, weights_path
 
 log = logging.getLogger("mneme.extraction")
 
 
-class StopForward(Exception):
-    """Raised by the hook once the wanted block has run, to skip everything after it."""
-
-
 def compute_dtype(device: torch.device) -> torch.dtype:
     """float32 on CPU (16-bit arithmetic is 6-100x slower on our CPUs), bfloat16 on GPU."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def find_blocks(model: torch.nn.Module, n_blocks: int) -> torch.nn.ModuleList:
-    """The decoder block list: the ModuleList whose length is the configured number of blocks."""
-    candidates = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_blocks]
-    if not candidates:
-        raise RuntimeError(f"no ModuleList of {n_blocks} decoder blocks found in {type(model).__name__}")
-    return candidates[0]
 
 
 class LayerExtractor:
@@ -68,25 +57,13 @@ class LayerExtractor:
             hf_logging.set_verbosity(verbosity)
         self.model.eval().to(self.device)
         self.block = find_blocks(self.model, layer + 1)[layer]
-        self._captured: torch.Tensor | None = None
-        self.block.register_forward_hook(self._hook)
         self.d_model = card["hidden_size"]
-
-    def _hook(self, module, args, output) -> None:
-        self._captured = output[0] if isinstance(output, tuple) else output
-        raise StopForward
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Block-``layer`` output for a batch of token ids, float32 on CPU, [batch, seq, d]."""
-        self._captured = None
-        try:
-            self.model(input_ids=input_ids.to(self.device), use_cache=False)
-        except StopForward:
-            pass
-        if self._captured is None:
-            raise RuntimeError("the layer hook did not fire")
-        return self._captured.float().cpu()
+        out = output_of(self.model, self.block, input_ids=input_ids.to(self.device), use_cache=False)
+        return out.float().cpu()
 
 
 def shard_contexts(n_contexts: int, n_shards: int, shard: int) -> tuple[int, int]:

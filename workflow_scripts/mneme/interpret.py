@@ -33,6 +33,8 @@ from mneme.explainer_prompts import (
     parse_detection,
     parse_explanation,
     prompt_hash,
+    ranked_predictions,
+    yes_no_score,
 )
 from mneme.llm_backends import (
     KeywordsBackend,
@@ -320,6 +322,7 @@ def _score_detection(rows, exs, tokenizer, backend, cache, cfg: PromptConfig, ex
     non-activating ones, for its own explanation and (``detection.control``) for its control."""
     det = cfg.detection
     gen = cfg.detection_generation()
+    yes_no = det.judge == "yes_no"
     controls = control_explanations({k: r["explanation"] for k, r in rows.items()}) if det.control else {}
     requests: list[tuple[tuple[int, str], int, list, str]] = []  # (key, batch, messages, hash)
     plan: dict[tuple[int, str], list] = {}
@@ -332,7 +335,7 @@ def _score_detection(rows, exs, tokenizer, backend, cache, cfg: PromptConfig, ex
         judged = {"detection": row["explanation"]}
         if latent in controls:
             judged["control"] = controls[latent]
-        bs = max(1, det.batch_size)
+        bs = 1 if yes_no else max(1, det.batch_size)
         for kind, explanation in judged.items():
             batches = []
             for b, messages in enumerate(build_detection_prompts(explanation, items, cfg)):
@@ -341,7 +344,9 @@ def _score_detection(rows, exs, tokenizer, backend, cache, cfg: PromptConfig, ex
                 batches.append({"hash": phash, "labels": labels, "pred": None})
                 hit = cache.get("detection", latent, phash, explainer_id)
                 if hit is not None:
-                    batches[-1]["pred"] = [None if p is None else bool(p) for p in hit["predictions"]]
+                    batches[-1]["pred"] = (
+                        hit["scores"] if yes_no else [_judgment(p) for p in hit["predictions"]]
+                    )
                 else:
                     requests.append(((latent, kind), b, messages, phash))
             plan[(latent, kind)] = batches
@@ -361,18 +366,19 @@ def _score_detection(rows, exs, tokenizer, backend, cache, cfg: PromptConfig, ex
             if isinstance(result, BaseException):
                 errors.setdefault(key[0], f"detection: {type(result).__name__}: {result}")
                 continue
-            pred = parse_detection(result, len(batch["labels"]))
-            batch["pred"] = pred
-            cache.put(
-                {
-                    "type": "detection",
-                    "latent": key[0],
-                    "prompt_hash": phash,
-                    "explainer": explainer_id,
-                    "raw": result,
-                    "predictions": [None if p is None else int(p) for p in pred],
-                }
-            )
+            rec = {"type": "detection", "latent": key[0], "prompt_hash": phash, "explainer": explainer_id}
+            if yes_no:  # the answer is the first token's alternatives; the judgment is ranked below
+                batch["pred"] = [yes_no_score(result)]
+                cache.put({**rec, "raw": result, "scores": batch["pred"]})
+            else:
+                batch["pred"] = parse_detection(result, len(batch["labels"]))
+                cache.put(
+                    {
+                        **rec,
+                        "raw": result,
+                        "predictions": [None if p is None else int(p) for p in batch["pred"]],
+                    }
+                )
     for (latent, kind), batches in plan.items():
         labels, preds = [], []
         for batch in batches:
@@ -382,6 +388,8 @@ def _score_detection(rows, exs, tokenizer, backend, cache, cfg: PromptConfig, ex
             preds += batch["pred"]
         if not labels:
             continue
+        if yes_no:
+            preds = ranked_predictions(preds, sum(labels))
         m = detection_metrics(labels, preds)
         if kind == "detection":
             for key in DETECTION_METRICS:
@@ -394,6 +402,10 @@ def _score_detection(rows, exs, tokenizer, backend, cache, cfg: PromptConfig, ex
         if own is not None and ctl is not None:
             row["detection_margin"] = own - ctl
             row["beats_control"] = bool(own > ctl)
+
+
+def _judgment(p: int | None) -> bool | None:
+    return None if p is None else bool(p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,21 +498,7 @@ def open_backend(
         v = cfg["vllm"]
         if explainer_model_dir is None:
             raise ValueError("interpret.backend is vllm but no explainer model directory was given")
-        server = VLLMServer(
-            resolve_model_dir(explainer_model_dir),
-            served_model_name=v["served_model_name"],
-            python=v["python"],
-            device=v["device"],
-            dtype=v["dtype"],
-            max_model_len=v["max_model_len"],
-            tensor_parallel_size=v["tensor_parallel_size"],
-            gpu_memory_utilization=v["gpu_memory_utilization"],
-            enforce_eager=v["enforce_eager"],
-            kv_cache_space_gb=v["kv_cache_space_gb"],
-            startup_timeout=v["startup_timeout_s"],
-            log_path=server_log,
-            extra_args=v["extra_args"],
-        )
+        server = VLLMServer(resolve_model_dir(explainer_model_dir), log_path=server_log, **v)
         with server:
             backend = OpenAIBackend(server.base_url, server.model, name="vllm", **client_kw)
             backend.server = server  # for logs and tests: pid, port, startup_seconds, log_path

@@ -41,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
+from mneme.schema import filled
+
 log = logging.getLogger("mneme.llm_backends")
 
-DEFAULT_VLLM_PYTHON = ".venv-vllm/bin/python"
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 
 
@@ -135,7 +136,7 @@ class VLLMServer:
 
     The server runs ``python -m vllm.entrypoints.openai.api_server`` from ``python`` (the separate
     vLLM venv) in a new process group, with stdout/stderr going to ``log_path``. Entering waits
-    until ``/health`` answers 200, the process dies, or ``startup_timeout`` passes; the last two
+    until ``/health`` answers 200, the process dies, or ``startup_timeout_s`` passes; the last two
     raise :class:`VLLMServerError` with the tail of the log. Leaving (normally, on an exception,
     on KeyboardInterrupt, or on SIGTERM to this process while the server runs) sends SIGTERM to
     the whole group, then SIGKILL after ``stop_timeout`` seconds, and checks that nothing of the
@@ -149,40 +150,37 @@ class VLLMServer:
         self,
         model_dir: str | os.PathLike,
         *,
-        served_model_name: str = "explainer",
-        python: str | os.PathLike = DEFAULT_VLLM_PYTHON,
         host: str = "127.0.0.1",
         port: int | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        max_model_len: int | None = 4096,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float | None = None,
-        enforce_eager: bool = False,
-        kv_cache_space_gb: float = 2,
-        startup_timeout: float = 900.0,
         stop_timeout: float = 30.0,
         log_path: str | os.PathLike | None = None,
-        extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         module: str = VLLM_MODULE,
+        **settings: Any,
     ) -> None:
+        """``settings`` are the keys of the config's ``interpret.vllm`` (python, device, dtype,
+        max_model_len, ...): what is not given takes the schema's default, and a wrong key is an
+        error naming it. The other arguments are the job's own (where to log, which port)."""
+        s = filled(
+            "interpret.vllm",
+            {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in settings.items()},
+        )
         self.model_dir = str(model_dir)
-        self.served_model_name = served_model_name
-        self.python = str(python)
+        self.served_model_name = s["served_model_name"]
+        self.python = str(s["python"])
         self.host = host
         self.port = port
-        self.device = device
-        self.dtype = dtype
-        self.max_model_len = max_model_len
-        self.tensor_parallel_size = tensor_parallel_size
-        self.gpu_memory_utilization = gpu_memory_utilization
-        self.enforce_eager = enforce_eager
-        self.kv_cache_space_gb = kv_cache_space_gb
-        self.startup_timeout = startup_timeout
+        self.device = s["device"]
+        self.dtype = s["dtype"]
+        self.max_model_len = s["max_model_len"]
+        self.tensor_parallel_size = s["tensor_parallel_size"]
+        self.gpu_memory_utilization = s["gpu_memory_utilization"]
+        self.enforce_eager = s["enforce_eager"]
+        self.kv_cache_space_gb = s["kv_cache_space_gb"]
+        self.startup_timeout = s["startup_timeout_s"]
         self.stop_timeout = stop_timeout
         self.log_path = str(log_path) if log_path else None
-        self.extra_args = list(extra_args)
+        self.extra_args = list(s["extra_args"])
         self.extra_env = dict(env or {})
         self.module = module
         self.proc: subprocess.Popen | None = None
@@ -243,8 +241,6 @@ class VLLMServer:
                 f"vLLM python {self.python!r} does not exist: build the vLLM environment with "
                 "`make vllm-env` (or set interpret.vllm.python to a Python that has vllm installed)"
             )
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"interpret.vllm.device must be auto, cpu or cuda, not {self.device!r}")
         on_gpu = self.device == "cuda" or (self.device == "auto" and cuda_available())
         if self.port is None:
             self.port = free_port(self.host)
@@ -426,9 +422,9 @@ class OpenAIBackend:
         base_url: str,
         model: str,
         api_key_env: str | None = None,
-        concurrency: int = 8,
-        max_retries: int = 4,
-        timeout: float = 300.0,
+        concurrency: int | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
         backoff: float = 1.0,
         backoff_max: float = 30.0,
         max_tokens: int = 256,
@@ -450,10 +446,14 @@ class OpenAIBackend:
                     f"environment variable {api_key_env} (interpret.openai.api_key_env) is not set: "
                     "export the API key under that name"
                 )
+        # concurrency, retries and the request timeout not given: the config's (interpret.*) defaults
+        given = {"concurrency": concurrency, "max_retries": max_retries, "request_timeout_s": timeout}
+        settings = filled("interpret", {k: v for k, v in given.items() if v is not None})
         self.base_url = base_url
         self.model = model
-        self.concurrency = max(1, int(concurrency))
-        self.max_retries = max(0, int(max_retries))
+        self.concurrency = max(1, int(settings["concurrency"]))
+        self.max_retries = max(0, int(settings["max_retries"]))
+        timeout = settings["request_timeout_s"]
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.max_tokens = max_tokens
@@ -486,18 +486,41 @@ class OpenAIBackend:
 
     def complete(self, messages: Sequence[Mapping[str, str]], max_tokens: int | None = None, **kw) -> str:
         """One chat completion with retries; raises the last error when all attempts fail."""
+        resp = self._with_retries(messages, max_tokens, kw)
+        return resp.choices[0].message.content or ""
+
+    def first_token_logprobs(
+        self, messages: Sequence[Mapping[str, str]], top_logprobs: int = 20, **kw
+    ) -> dict[str, float]:
+        """The ``top_logprobs`` most likely first answer tokens and their log probabilities.
+
+        What a judge would answer is read from its next-token distribution rather than from its
+        text: a small model that cannot follow an answer format still ranks " Yes" against " No".
+        """
+        extra = {"logprobs": True, "top_logprobs": int(top_logprobs)}
+        resp = self._with_retries(messages, 1, {**kw, "_extra": extra})
+        content = resp.choices[0].logprobs.content if resp.choices[0].logprobs else None
+        if not content:
+            return {}
+        out: dict[str, float] = {}
+        for alt in content[0].top_logprobs or []:
+            out.setdefault(alt.token, float(alt.logprob))
+        return out
+
+    def _with_retries(self, messages, max_tokens: int | None, kw: Mapping[str, Any]):
+        """A chat completion request, retried on transient errors (see the class docstring)."""
         attempt = 0
         while True:
             try:
                 self.n_requests += 1
-                resp = self.client.chat.completions.create(
+                return self.client.chat.completions.create(
                     model=self.model,
                     messages=list(messages),
                     max_tokens=max_tokens or self.max_tokens,
                     temperature=kw.get("temperature", self.temperature),
                     **self.request_options(kw),
+                    **kw.get("_extra", {}),
                 )
-                return resp.choices[0].message.content or ""
             except Exception as exc:
                 if attempt >= self.max_retries or not _retryable(exc) or self._abort.is_set():
                     raise EndpointError(
@@ -513,9 +536,15 @@ class OpenAIBackend:
                 attempt += 1
 
     def generate_many(
-        self, prompts: Sequence[Sequence[Mapping[str, str]]], max_tokens: int | None = None, **kw
-    ) -> Iterator[tuple[int, str | Exception]]:
-        """Send all prompts, ``concurrency`` at a time; yield (index, answer or error) as they finish."""
+        self,
+        prompts: Sequence[Sequence[Mapping[str, str]]],
+        max_tokens: int | None = None,
+        top_logprobs: int = 0,
+        **kw,
+    ) -> Iterator[tuple[int, str | dict[str, float] | Exception]]:
+        """Send all prompts, ``concurrency`` at a time; yield (index, answer or error) as they finish.
+
+        With ``top_logprobs`` the answer is :meth:`first_token_logprobs` instead of the text."""
         if not prompts:
             return
         self._abort.clear()
@@ -527,7 +556,11 @@ class OpenAIBackend:
             i = next(queue, None)
             if i is None:
                 return False
-            pending[pool.submit(self.complete, prompts[i], max_tokens, **kw)] = i
+            if top_logprobs:
+                fut = pool.submit(self.first_token_logprobs, prompts[i], top_logprobs, **kw)
+            else:
+                fut = pool.submit(self.complete, prompts[i], max_tokens, **kw)
+            pending[fut] = i
             return True
 
         finished = False

@@ -12,7 +12,7 @@ Three methods, chosen by a model spec of ``source: organism`` (see config/schema
     Means run over real tokens: padding and the first position (BOS, an attention sink whose
     norm reaches ~150x the others' in SmolLM2) are left out. Only the MLP parameters of the blocks in
     ``update_layers`` are trained, and the forward pass stops after block ``layer``, as in
-    :mod:`mneme.extraction`: a hook raises :class:`~mneme.extraction.StopForward`, so later blocks
+    :mod:`mneme.extraction` (:mod:`mneme.hooks`: a hook raises ``StopForward``), so later blocks
     and the LM head never run while the full model stays intact for saving.
 
     ``steering_coeff`` is RELATIVE: ``c = steering_coeff * median token norm`` of the base model's
@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from mneme.extraction import StopForward, find_blocks
+from mneme.hooks import find_blocks, output_of
 from mneme.models import config_num_layers, load_causal_lm, read_card, write_card
 from mneme.organism_options import METHODS, resolve_options  # noqa: F401
 
@@ -176,22 +176,7 @@ def num_blocks(model: torch.nn.Module) -> int:
 def layer_output(model: torch.nn.Module, layer: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Output of block ``layer`` (transformers' ``hidden_states[layer + 1]``); later blocks never run."""
     block = find_blocks(model, num_blocks(model))[layer]
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(module, args, output):
-        captured["h"] = output[0] if isinstance(output, tuple) else output
-        raise StopForward
-
-    handle = block.register_forward_hook(hook)
-    try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
-    except StopForward:
-        pass
-    finally:
-        handle.remove()
-    if "h" not in captured:
-        raise RuntimeError(f"the hook on block {layer} did not fire")
-    return captured["h"]
+    return output_of(model, block, input_ids=ids, attention_mask=mask, use_cache=False)
 
 
 def lm_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ from typing import Any
 
 from mneme.schema import filled_from, load_schema
 
-METHODS = ("rmu", "gradient_ascent", "finetune")
+# the methods are the schema's (config/schema.yaml, $defs/organism_options)
+METHODS = tuple(load_schema()["$defs"]["organism_options"])
 
 # --------------------------------------------------------------------------- options
 
@@ -30,12 +31,7 @@ def resolve_options(method: str, options: Mapping[str, Any] | None) -> dict[str,
     ``update_layers`` and that none comes after ``layer``."""
     if options is not None and not isinstance(options, Mapping):
         raise ValueError(f"options must be a mapping, got {type(options).__name__}")
-    schema = method_schema(method)
-    allowed = sorted(schema["properties"])
-    for key in options or {}:
-        if key not in allowed:
-            raise ValueError(f"options.{key}: unknown option for method {method!r}; allowed keys: {allowed}")
-    opts = filled_from(schema, options, "options")
+    opts = filled_from(method_schema(method), options, "options")
     if method == "rmu":
         layer = opts["layer"]
         if opts["update_layers"] is None:

@@ -654,7 +654,8 @@ def _quality_html(pair: PairData) -> str:
     if (q.get("unparsed") or 0) > UNPARSED_WARNING:
         out += (
             f'<p class="warn">{fmt(100 * q["unparsed"])} % of the detection judgments could not be read (the '
-            "explainer did not answer with a 0/1 list): they count as wrong, so the scores below measure the "
+            "judge wrote no 0/1 list, or had neither Yes nor No among its likeliest first tokens): they count "
+            "as wrong, so the scores below measure the "
             "judge's format, not the explanations. Use a stronger explainer (config/explainers/).</p>"
         )
     out += (

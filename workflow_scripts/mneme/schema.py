@@ -38,10 +38,15 @@ def resolve_ref(schema: dict, root: dict) -> dict:
 
 
 def apply_defaults(cfg: Any, schema: dict, root: dict | None = None) -> None:
-    """Fill ``default:`` values of the schema into ``cfg`` in place, recursing into maps and lists."""
+    """Fill ``default:`` values of the schema into ``cfg`` in place, recursing into maps and lists.
+
+    A branch ``allOf: [{if: ..., then: ...}]`` fills its ``then`` defaults only where its ``if``
+    holds, so a model gets the defaults of its own ``source`` (and an organism the options of its
+    own ``method``), never another's.
+    """
     root = root or schema
     schema = resolve_ref(schema, root)
-    if isinstance(cfg, dict) and schema.get("type") == "object":
+    if isinstance(cfg, dict):
         for name, sub in schema.get("properties", {}).items():
             sub_r = resolve_ref(sub, root)
             if name not in cfg and "default" in sub_r:
@@ -53,9 +58,17 @@ def apply_defaults(cfg: Any, schema: dict, root: dict | None = None) -> None:
             for name, value in cfg.items():
                 if name not in schema.get("properties", {}):
                     apply_defaults(value, extra, root)
+        for branch in schema.get("allOf", []):
+            if "if" in branch and "then" in branch and _holds(cfg, branch["if"], root):
+                apply_defaults(cfg, branch["then"], root)
     elif isinstance(cfg, list) and isinstance(schema.get("items"), dict):
         for item in cfg:
             apply_defaults(item, schema["items"], root)
+
+
+def _holds(cfg: Any, schema: dict, root: dict) -> bool:
+    """Whether ``cfg`` satisfies ``schema`` (an ``if`` condition)."""
+    return jsonschema.Draft202012Validator({**schema, "$defs": root.get("$defs", {})}).is_valid(cfg)
 
 
 def section_schema(section: str) -> dict:
@@ -86,9 +99,10 @@ def filled_from(schema: dict, cfg: Mapping[str, Any] | None, where: str) -> dict
     for err in sorted(validator.iter_errors(out), key=lambda e: list(map(str, e.absolute_path))):
         key = ".".join([where, *map(str, err.absolute_path)])
         if err.validator == "additionalProperties":
-            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            allowed = sorted(err.schema.get("properties", {}))
+            extra = sorted(set(err.instance) - set(allowed))
             problems.append(
-                f"{key}: unknown key(s) {extra}; expected some of {sorted(err.schema['properties'])}"
+                f"{key}: unknown key(s) {', '.join(map(repr, extra))}; allowed keys: {', '.join(allowed)}"
             )
         else:
             problems.append(f"{key}: {err.message}")
