@@ -4,9 +4,9 @@ import functools
 import os
 import re
 
-import yaml
-
 from mneme.benchmark_options import kind_inputs, kind_options, mmlu_inputs
+from mneme.category_file import check as check_category_file
+from mneme.category_file import load as load_category_file
 from mneme.code_deps import library_modules
 from mneme.config import corpus_tokenizer, pair_target, resolve_path
 from mneme.contracts import NON_TRAJECTORY_KEYS
@@ -98,13 +98,10 @@ def gcide_labels():
     input and these labels as a param: editing a description or examples (used by
     map_categories) re-runs the mapping, not the corpus and everything after it.
     """
-    with open(gcide_category_path()) as fh:
-        spec = yaml.safe_load(fh) or {}
-    cats = spec.get("categories") or {}
-    return {
-        "tags": {name: list((c or {}).get("tags") or []) for name, c in cats.items()},
-        "general": spec.get("general_category"),
-    }
+    # the config has checked the file wherever a job labels senses with it; elsewhere (say the
+    # reverse rule of an MMLU scenario) it is read as far as it goes, and a missing one labels nothing
+    parsed, _ = check_category_file(gcide_category_path(), "gcide")
+    return parsed.tag_labels() if parsed is not None else {"tags": {}, "general": None}
 
 
 def gcide_category_input():
@@ -276,8 +273,7 @@ def suite_inputs(wildcards):
 @functools.cache
 def general_category():
     """The general (untagged) category of the category file: the evaluation's reference."""
-    with open(category_file()) as fh:
-        return (yaml.safe_load(fh) or {}).get("general_category", "general")
+    return load_category_file(category_file(), "mapping").general
 
 
 def category_file():

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from mneme import mmlu
 
@@ -123,7 +124,7 @@ def tiny(tiny_model):
 def test_subject_map_covers_exactly_the_57_subjects(subject_map) -> None:
     assert len(MMLU_SUBJECTS) == 57 == len(set(MMLU_SUBJECTS))
     assert sorted(subject_map) == sorted(MMLU_SUBJECTS)
-    gcide = set(mmlu.yaml.safe_load((REPO / "config/categories/gcide.yaml").read_text())["categories"])
+    gcide = set(yaml.safe_load((REPO / "config/categories/gcide.yaml").read_text())["categories"])
     shared = {"biology", "chemistry", "medicine", "law", "physics", "mathematics", "religion"}
     assert shared <= gcide and shared <= set(subject_map.values())
     assert subject_map["college_biology"] == "biology" and subject_map["professional_law"] == "law"
@@ -147,7 +148,9 @@ def test_subject_map_ignores_tag_only_categories_and_rejects_duplicates(tmp_path
     f.write_text(
         "categories:\n  a: {description: d, subjects: [virology]}\n  b: {description: d, subjects: [virology]}\n"
     )
-    with pytest.raises(ValueError, match=r"'virology' in categories.b is also in categories.a"):
+    with pytest.raises(
+        ValueError, match=r"categories.b.subjects: subject 'virology' is also in categories.a"
+    ):
         mmlu.load_subject_map(f)
 
 

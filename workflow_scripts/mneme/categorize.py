@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from mneme.explainer_prompts import NONE_LABEL, build_classify_prompt, parse_category, prompt_hash
+from mneme import category_file
+from mneme.category_file import NONE_LABEL
+from mneme.explainer_prompts import build_classify_prompt, parse_category, prompt_hash
 from mneme.llm_backends import strip_keywords_prefix
 from mneme.schema import filled
 
@@ -64,20 +65,18 @@ def with_defaults(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def load_category_set(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], str]:
-    """({name: {"description": str, "examples": [str]}}, general_category) from a categories YAML."""
-    doc = yaml.safe_load(Path(path).read_text())
-    cats = doc.get("categories") or {}
-    if not isinstance(cats, dict) or not cats:
-        raise ValueError(f"{path}: expected a non-empty `categories:` mapping")
-    out = {}
-    for name, spec in cats.items():
-        spec = spec or {}
-        desc = " ".join(str(spec.get("description") or name).split())
-        examples = [" ".join(str(e).split()) for e in (spec.get("examples") or [])]
-        out[str(name)] = {"description": desc, "examples": examples}
-    if NONE_LABEL in out:
-        raise ValueError(f"{path}: {NONE_LABEL!r} is reserved and cannot be a category name")
-    return out, str(doc.get("general_category", "general"))
+    """({name: {"description": str, "examples": [str]}}, general_category) from a categories YAML
+    (:mod:`mneme.category_file`), each text on one line (whitespace collapsed) for the embedding
+    and the classification prompt; a category without a description is described by its name."""
+    cats = category_file.load(path, "mapping")
+    out = {
+        name: {
+            "description": " ".join(c.description.split()),
+            "examples": [" ".join(e.split()) for e in c.examples],
+        }
+        for name, c in cats.categories.items()
+    }
+    return out, cats.general
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from mneme import category_file
 from mneme.models import CARD, PACKAGED, known_num_layers
 from mneme.schema import apply_defaults, resolve_ref
 
@@ -477,146 +478,40 @@ def _corpus_problems(name: str, corpus: dict, cfg: dict, categories: set[str] | 
     return out
 
 
-def _category_doc(path: str) -> dict | None:
-    """A category file's contents when it has the expected shape (a mapping with a non-empty
-    ``categories:`` mapping), else None; what is wrong is reported by :func:`category_file_problems`."""
+def _category_file(path: str) -> category_file.CategoryFile | None:
+    """A category file as far as it can be read (its names, for the checks of names), or None;
+    what is wrong with it is reported by :func:`category_file_problems`."""
     if not os.path.isfile(path):
         return None
     data, _ = read_yaml_checked(path)
-    if isinstance(data, dict) and isinstance(data.get("categories"), dict) and data["categories"]:
-        return data
-    return None
+    return category_file.parse(data, "mapping", path)[0]  # the names do not depend on the use
 
 
 def gcide_categories(cfg: dict, basedir: str | os.PathLike) -> set[str] | None:
     """Category names from the GCIDE category file, or None if it cannot be read (reported)."""
-    data = _category_doc(resolve_path(cfg["gcide"]["categories"], basedir))
-    if data is None:
-        return None
-    return {str(c) for c in data["categories"]} | {str(data.get("general_category", "general"))}
+    parsed = _category_file(resolve_path(cfg["gcide"]["categories"], basedir))
+    return None if parsed is None else {*parsed.categories, parsed.general}
 
 
 def mapping_categories(cfg: dict, basedir: str | os.PathLike) -> set[str] | None:
     """Category names latents are mapped to (categories.file, else the GCIDE file), or None."""
-    data = _category_doc(resolve_path(cfg["categories"]["file"] or cfg["gcide"]["categories"], basedir))
-    return None if data is None else {str(c) for c in data["categories"]}
+    parsed = _category_file(resolve_path(cfg["categories"]["file"] or cfg["gcide"]["categories"], basedir))
+    return None if parsed is None else set(parsed.categories)
 
 
-def _what(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return f"a {type(value).__name__}" if isinstance(value, list | dict) else repr(value)
-
-
-_CATEGORY_KEYS = {"gcide": "description and tags", "mapping": "description, examples", "mmlu": "subjects"}
-
-
-def category_file_problems(key: str, path: str, use: str, parse: bool = True) -> list[str]:
+def category_file_problems(key: str, path: str, use: category_file.Use, parse: bool = True) -> list[str]:
     """What is wrong with a category file, each as '<config key>: <file>[:line]: ...'.
 
-    ``use`` is how the file is read: ``gcide`` (every category needs a description and GCIDE
-    domain ``tags``, a tag in one category only: :func:`mneme.gcide.load_category_map`),
-    ``mapping`` (the category set latents are mapped to: :func:`mneme.categorize.load_category_set`)
-    or ``mmlu`` (MMLU ``subjects``, each in one category: :func:`mneme.mmlu.load_subject_map`).
-    ``parse=False`` leaves out the YAML syntax and duplicate-key problems (reported once per file).
+    ``use`` is how the file is read (:mod:`mneme.category_file`): ``gcide`` (descriptions and
+    GCIDE domain ``tags``, a tag in one category only), ``mapping`` (the category set latents are
+    mapped to) or ``mmlu`` (MMLU ``subjects``, each in one category). ``parse=False`` leaves out
+    the YAML syntax and duplicate-key problems (reported once per file).
     """
     data, parsed = read_yaml_checked(path)
     out = [f"{key}: {p}" for p in parsed] if parse else []
     if data is None and parsed:
         return out  # malformed YAML
-    where = f"{key}: {path}"
-    if not isinstance(data, dict):
-        return out + [
-            f"{where}: expected a mapping with `categories:` (name: {{{_CATEGORY_KEYS[use]}}}) at the top "
-            f"level, got {'an empty file' if data is None else _what(data)}"
-        ]
-    cats = data.get("categories")
-    if not isinstance(cats, dict) or not cats:
-        return out + [
-            f"{where}: expected a non-empty mapping under 'categories' (name: {{{_CATEGORY_KEYS[use]}}}), "
-            f"got {_what(cats)}"
-        ]
-    first = len(out)
-    tag_owner: dict[str, tuple[str, str]] = {}
-    subject_owner: dict[str, str] = {}
-    for name, spec in cats.items():
-        ckey = f"{where}: categories.{name}"
-        if not isinstance(name, str) or not name.strip():
-            out.append(f"{where}: category names must be non-empty strings, got {name!r}")
-            continue
-        if spec is None and use != "gcide":
-            continue
-        if not isinstance(spec, dict):
-            out.append(f"{ckey}: expected a mapping ({_CATEGORY_KEYS[use]}), got {_what(spec)}")
-            continue
-        if use == "gcide":
-            tags = spec.get("tags")
-            if "tags" not in spec:
-                out.append(
-                    f"{ckey}: has no 'tags' (the GCIDE domain labels, e.g. [\"Zool.\"], of its senses)"
-                )
-            elif (
-                not isinstance(tags, list)
-                or not tags
-                or not all(isinstance(t, str) and t.strip() for t in tags)
-            ):
-                out.append(f"{ckey}.tags: expected a non-empty list of strings, got {tags!r}")
-            else:
-                from mneme.gcide import _tag_key
-
-                for tag in tags:
-                    norm = _tag_key(tag)
-                    if norm in tag_owner:
-                        other_tag, other = tag_owner[norm]
-                        out.append(
-                            f"{ckey}.tags: tag {tag!r} duplicates {other_tag!r} in categories.{other} "
-                            "(a tag may appear in only one category)"
-                        )
-                    else:
-                        tag_owner[norm] = (tag, name)
-            desc = spec.get("description")
-            if not isinstance(desc, str) or not desc.strip():
-                out.append(f"{ckey}: has no 'description' (a non-empty string)")
-        elif use == "mapping":
-            examples = spec.get("examples")
-            if examples is not None and not isinstance(examples, list):
-                out.append(f"{ckey}.examples: expected a list of phrases, got {_what(examples)}")
-        elif use == "mmlu" and spec.get("subjects") is not None:
-            subjects = spec["subjects"]
-            if not isinstance(subjects, list) or not all(isinstance(x, str) and x.strip() for x in subjects):
-                out.append(f"{ckey}.subjects: expected a list of MMLU subject names, got {_what(subjects)}")
-                continue
-            for subject in subjects:
-                if subject.strip() in subject_owner:
-                    out.append(
-                        f"{ckey}.subjects: subject {subject.strip()!r} is also in "
-                        f"categories.{subject_owner[subject.strip()]}"
-                    )
-                subject_owner.setdefault(subject.strip(), name)
-    if use == "mmlu" and len(out) == first and not subject_owner:
-        out.append(f"{where}: no category lists any `subjects` (MMLU subject names)")
-    if use in ("gcide", "mapping"):
-        general = data.get("general_category", "general")
-        if not isinstance(general, str) or not general.strip():
-            out.append(f"{where}: general_category must be a non-empty string, got {general!r}")
-        elif use == "gcide" and general in cats:
-            out.append(f"{where}: general_category {general!r} is also a key under 'categories'")
-    if use == "mapping":
-        from mneme.explainer_prompts import NONE_LABEL
-
-        if NONE_LABEL in cats:
-            out.append(
-                f"{where}: categories.{NONE_LABEL}: {NONE_LABEL!r} is reserved and cannot be a category name"
-            )
-    if use == "gcide" and len(out) == first:
-        # the parser's own checks, in case they grow: what the jobs would reject is rejected now
-        from mneme.gcide import load_category_map
-
-        try:
-            load_category_map(path)
-        except (ValueError, yaml.YAMLError) as exc:
-            out.append(f"{key}: {exc}")
-    return out
+    return out + [f"{key}: {p}" for p in category_file.parse(data, use, path)[1]]
 
 
 def _category_files_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
@@ -895,15 +790,10 @@ def _benchmark_problems(
         cat_path = resolve_path(mmlu["categories"], basedir)
         if not os.path.isfile(cat_path):
             out.append(f"benchmark.mmlu.categories: {mmlu['categories']!r} not found")
-        elif kind == "mmlu" and mmlu["subjects"] and _category_doc(cat_path) is not None:
-            from mneme.mmlu import load_subject_map
-
-            try:
-                known = load_subject_map(cat_path)
-            except ValueError as exc:  # unless category_file_problems has said it already
-                if not category_file_problems("benchmark.mmlu.categories", cat_path, "mmlu", parse=False):
-                    out.append(f"benchmark.mmlu.categories: {exc}")
-            else:
+        elif kind == "mmlu" and mmlu["subjects"]:
+            parsed, problems = category_file.parse(read_yaml_checked(cat_path)[0], "mmlu", cat_path)
+            if parsed is not None and not problems:  # else category_file_problems reports them
+                known = parsed.subject_to_category()
                 for s in mmlu["subjects"]:
                     if s not in known:
                         out.append(

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-NONE_LABEL = "none"  # same value as mneme.explainer_prompts.NONE_LABEL
+from mneme.category_file import NONE_LABEL
+
 FLAGGED = ("amplified", "suppressed")
 CONTROL = "unchanged"
 TESTS = ("bootstrap", "two_proportion", "paired_t")

@@ -33,10 +33,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mneme.category_file import NONE_LABEL
 from mneme.schema import filled
 
 EXPLANATION_MARKER = "[EXPLANATION]:"
-NONE_LABEL = "none"
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are studying a neural network feature: a direction inside a language model that becomes "

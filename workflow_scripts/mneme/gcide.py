@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from mneme import category_file
 
 GCIDE_PATH = Path("/usr/share/dictd/gcide.dict.dz")
 DEFAULT_CATEGORIES = Path(__file__).resolve().parents[2] / "config" / "categories" / "gcide.yaml"
@@ -595,58 +595,15 @@ def load_category_map(
     """Read the category YAML: ``(tag_to_category, general_category, categories)``.
 
     ``categories`` maps each name to ``{"description": str, "tags": [str, ...]}``;
-    ``general_category`` defaults to ``"general"`` when the file leaves it out.
-
-    Errors name the file and the offending key, because this file is edited by hand and a silent
-    mistake (a tag listed twice) would quietly move senses between categories.
+    ``general_category`` defaults to ``"general"`` when the file leaves it out. A file unfit for
+    labelling senses (a tag listed twice would quietly move senses between categories) raises a
+    ValueError naming the file and every offending key (:mod:`mneme.category_file`).
     """
-    path = Path(yaml_path)
-    with path.open(encoding="utf-8") as fh:
-        doc = yaml.safe_load(fh)
-    if not isinstance(doc, dict) or not isinstance(doc.get("categories"), dict) or not doc["categories"]:
-        raise ValueError(f"{path}: expected a non-empty mapping under 'categories'")
-    general = doc.get("general_category", "general")
-    if not isinstance(general, str) or not general.strip():
-        raise ValueError(f"{path}: 'general_category' must be a non-empty string")
-    if general in doc["categories"]:
-        raise ValueError(f"{path}: general_category {general!r} is also a key under 'categories'")
-    tag_to_category: dict[str, str] = {}
-    seen_keys: dict[str, tuple[str, str]] = {}
-    categories: dict[str, dict] = {}
-    for name, spec in doc["categories"].items():
-        categories[name] = _validate_category(path, name, spec)
-        for tag in categories[name]["tags"]:
-            key = _tag_key(tag)
-            if key in seen_keys:
-                other_tag, other = seen_keys[key]
-                raise ValueError(
-                    f"{path}: tag {tag!r} in categories.{name} duplicates {other_tag!r} in categories.{other}"
-                )
-            seen_keys[key] = (tag, name)
-            tag_to_category[tag] = name
-    return tag_to_category, general, categories
-
-
-def _tag_key(tag: str) -> str:
-    """Labels that the parser would treat as the same ("Law" / "Law.", "R.C.Ch." / "R. C. Ch.")."""
-    return re.sub(r"[\s.]", "", tag).lower()
-
-
-def _validate_category(path: Path, name: object, spec: object) -> dict:
-    where = f"{path}: categories.{name}"
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{path}: category names must be non-empty strings, got {name!r}")
-    if not isinstance(spec, dict):
-        raise ValueError(f"{where} must be a mapping with 'description' and 'tags'")
-    if "tags" not in spec:
-        raise ValueError(f"{where} has no 'tags'")
-    tags = spec["tags"]
-    if not isinstance(tags, list) or not tags or not all(isinstance(t, str) and t.strip() for t in tags):
-        raise ValueError(f"{where}.tags must be a non-empty list of strings")
-    description = spec.get("description")
-    if not isinstance(description, str) or not description.strip():
-        raise ValueError(f"{where} has no 'description' (a non-empty string)")
-    return {"description": description.strip(), "tags": [t.strip() for t in tags]}
+    cats = category_file.load(yaml_path, "gcide")
+    categories = {
+        name: {"description": c.description, "tags": list(c.tags)} for name, c in cats.categories.items()
+    }
+    return cats.tag_to_category(), cats.general, categories
 
 
 # --------------------------------------------------------------------------- splits

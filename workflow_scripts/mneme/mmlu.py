@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from mneme import category_file
 from mneme.benchmark import _stable_int, encode_pair
 
 log = logging.getLogger("mneme.mmlu")
@@ -59,30 +59,9 @@ def load_subject_map(path: str | os.PathLike = DEFAULT_CATEGORIES) -> dict[str, 
     """``{subject: category}`` from a category YAML (``categories: name: {description, subjects}``).
 
     Categories without ``subjects`` (say GCIDE ``tags`` only, in a combined file) are ignored; a
-    subject listed under two categories is an error that names both.
+    subject listed under two categories is an error that names both (:mod:`mneme.category_file`).
     """
-    path = Path(path)
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    cats = doc.get("categories") if isinstance(doc, dict) else None
-    if not isinstance(cats, dict) or not cats:
-        raise ValueError(f"{path}: expected a non-empty mapping under 'categories'")
-    out: dict[str, str] = {}
-    for name, spec in cats.items():
-        subjects = (spec or {}).get("subjects")
-        if subjects is None:
-            continue
-        if not isinstance(subjects, list) or not all(isinstance(s, str) and s.strip() for s in subjects):
-            raise ValueError(f"{path}: categories.{name}.subjects must be a list of subject names")
-        for subject in subjects:
-            subject = subject.strip()
-            if subject in out:
-                raise ValueError(
-                    f"{path}: subject {subject!r} in categories.{name} is also in categories.{out[subject]}"
-                )
-            out[subject] = str(name)
-    if not out:
-        raise ValueError(f"{path}: no category lists any `subjects`")
-    return out
+    return category_file.load(path, "mmlu").subject_to_category()
 
 
 # --------------------------------------------------------------------------- reading

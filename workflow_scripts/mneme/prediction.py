@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from mneme.category_file import NONE_LABEL
 from mneme.contracts import NO_CATEGORY
 
 ROUTES = ("provenance", "contexts", "explanations")
@@ -52,8 +53,8 @@ def membership_from_long(
     table: pd.DataFrame, weight: str, latents: Sequence[int] | None = None
 ) -> pd.DataFrame:
     """A wide ``latent x category`` membership from a long ``latent, category, <weight>`` table;
-    ``NO_CATEGORY`` and the ``none`` label are dropped, missing cells are 0."""
-    t = table[~table["category"].astype(str).isin([NO_CATEGORY, "none"])]
+    ``NO_CATEGORY`` and the ``none`` label (``NONE_LABEL``) are dropped, missing cells are 0."""
+    t = table[~table["category"].astype(str).isin([NO_CATEGORY, NONE_LABEL])]
     wide = t.pivot_table(index="latent", columns="category", values=weight, aggfunc="sum", fill_value=0.0)
     if latents is not None:
         wide = wide.reindex(pd.Index(latents, name="latent"), fill_value=0.0)
@@ -63,7 +64,7 @@ def membership_from_long(
 def single_label_membership(labels: pd.Series) -> pd.DataFrame:
     """Weight 1 on each latent's label (index: latent); ``none`` / NaN rows have no membership."""
     lab = labels.dropna().astype(str)
-    lab = lab[lab != "none"]
+    lab = lab[lab != NONE_LABEL]
     long = pd.DataFrame({"latent": lab.index.astype(int), "category": lab.to_numpy(), "w": 1.0})
     return membership_from_long(long, "w", latents=labels.index.astype(int))
 

@@ -43,8 +43,8 @@ import torch
 import zarr
 
 from mneme.attribution import RATIO_FLOOR
+from mneme.category_file import NONE_LABEL
 from mneme.contracts import NO_CATEGORY
-from mneme.evaluation import NONE_LABEL
 from mneme.models import load_causal_lm, pick_device
 from mneme.organism import _Batches, lm_loss
 from mneme.schema import filled
