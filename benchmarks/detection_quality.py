@@ -1,7 +1,7 @@
 """Detection scores (F15) of the explanations of finished pairs, for several prompt versions.
 
-    python benchmarks/detection_quality.py [--pairs bio-rmu law-ga] [--judge yes_no] \
-        [--out results/detection_quality] LABEL=CONFIG[,OVERLAY...] [...]
+    python benchmarks/detection_quality.py LABEL=CONFIG[,OVERLAY...] [...] [--pairs bio-rmu law-ga] \
+        [--judge yes_no] [--out results/detection_quality]
 
 Each LABEL names a prompt version: the ``interpret:`` section of the config files given (merged
 left to right, as ``--configfile`` does), for example ``now=config/config.yaml`` and
