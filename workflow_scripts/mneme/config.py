@@ -211,32 +211,30 @@ def schema_problems(cfg: Any, schema: dict) -> list[str]:
     return problems
 
 
+def _condition(branch: dict) -> tuple[str, Any] | None:
+    """``(field, value)`` of a branch ``{if: {properties: {field: {const: value}}}, then: ...}``."""
+    conds = branch.get("if", {}).get("properties", {})
+    if len(conds) != 1 or "then" not in branch:
+        return None
+    ((field, cond),) = conds.items()
+    return (field, cond["const"]) if "const" in cond else None
+
+
 def _branch_condition(err: jsonschema.ValidationError, root: dict) -> tuple[str, Any] | None:
-    """``(field, value)`` of the ``if: {properties: {field: {const: value}}}`` branch whose ``then``
-    raised ``err`` (say ``("source", "hub")``), or None for an error outside such a branch."""
+    """The condition (say ``("source", "hub")``) of the branch whose ``then`` raised ``err``, or
+    None for an error outside such a branch."""
     path = list(err.schema_path)
     if len(path) < 2 or path[-2] != "then":
         return None
     node = root
     for part in path[:-2]:
         node = resolve_ref(node, root)[part]
-    conds = node.get("if", {}).get("properties", {})
-    if len(conds) != 1:
-        return None
-    ((field, cond),) = conds.items()
-    return (field, cond["const"]) if "const" in cond else None
+    return _condition(node)
 
 
 def _branches(schema: dict) -> list[tuple[str, Any, dict]]:
     """``(field, value, then)`` of each ``allOf`` branch conditioned on one field's const value."""
-    out = []
-    for branch in schema.get("allOf", []):
-        conds = branch.get("if", {}).get("properties", {})
-        if len(conds) == 1 and "then" in branch:
-            ((field, cond),) = conds.items()
-            if "const" in cond:
-                out.append((field, cond["const"], branch["then"]))
-    return out
+    return [(*c, b["then"]) for b in schema.get("allOf", []) if (c := _condition(b))]
 
 
 def _branch_key_problems(key: str, instance: dict, schema: dict) -> list[str]:
