@@ -117,6 +117,22 @@ def test_build_items_multiple_choice_is_deterministic(gcide_cfg: dict) -> None:
     assert any(not frame.equals(items) for frame in other_seeds)
 
 
+def test_the_general_control_gets_its_own_sample_size(gcide_cfg: dict) -> None:
+    one = benchmark.build_items(gcide_cfg, ["biology"], n_per_category=2, n_general=1)
+    counts = one["category"].value_counts().to_dict()
+    assert counts == {"biology": 2, "general": 1}
+    both = benchmark.build_items(gcide_cfg, ["biology"], n_per_category=2, n_general=2)
+    # a larger general sample extends the smaller one; the category's own sample is unchanged
+    assert set(one["item_id"]) < set(both["item_id"])
+    assert set(one.loc[one.category == "biology", "item_id"]) == set(
+        both.loc[both.category == "biology", "item_id"]
+    )
+    default = benchmark.build_items(gcide_cfg, ["biology"], n_per_category=1)
+    assert default["category"].value_counts().to_dict() == {"biology": 1, "general": 1}
+    with pytest.raises(ValueError, match="n_general must be >= 1"):
+        benchmark.build_items(gcide_cfg, ["biology"], n_per_category=1, n_general=0)
+
+
 def test_build_items_rejects_unknown_category(gcide_cfg: dict) -> None:
     with pytest.raises(ValueError, match="unknown categories"):
         benchmark.build_items(gcide_cfg, ["astrology"], n_per_category=2)

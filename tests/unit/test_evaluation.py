@@ -116,6 +116,39 @@ def test_ground_truth_shift_and_null():
         assert gt.loc["shift", "n"] == n
 
 
+def _split_half(b, f, **kw):
+    options = dict(threshold=0.1, test="paired_t", alpha=0.05, n_boot=200, seed=0, reference="general")
+    return ev.split_half_truth(b, f, "definition_loglik", n_splits=20, **(options | kw))
+
+
+def test_split_half_truth_is_perfect_on_a_clear_effect_and_undefined_without_items():
+    rng = np.random.default_rng(3)
+    n = 40
+    base = {c: rng.normal(-2.0, 0.5, n) for c in ("hit", "a", "b", "general")}
+    ft = {c: v + rng.normal(0, 0.01, n) for c, v in base.items()}
+    ft["hit"] = ft["hit"] - 1.0
+    b, f = _items(base), _items(ft)
+    out = _split_half(b, f, categories=["hit", "a", "b"])
+    # every halving finds the one clear effect and nothing else: agreement is perfect
+    assert out["all"]["accuracy"] == 1.0 and out["all"]["f1"] == 1.0 and out["all"]["auroc"] == 1.0
+    assert out["direction"]["accuracy"] == 1.0
+    # the target is left out of the side effects: nothing to find there, nothing found
+    side = _split_half(b, f, categories=["hit", "a", "b"], target=["hit"])["side_effects"]
+    assert side["accuracy"] == 1.0 and math.isnan(side["f1"])
+    assert ev.split_half_truth(b, f, "definition_loglik", n_splits=0, threshold=0.1) is None
+
+
+def test_split_half_truth_of_pure_noise_is_near_chance():
+    rng = np.random.default_rng(4)
+    n, cats = 30, [f"c{i}" for i in range(12)]
+    base = {c: rng.normal(-2.0, 0.5, n) for c in cats + ["general"]}
+    ft = {c: v + rng.normal(0, 0.3, n) for c, v in base.items()}
+    out = _split_half(_items(base), _items(ft), categories=cats, threshold=0.0)
+    # both halves' "effects" are sampling noise: the score of one half says nothing of the other
+    assert 0.3 < out["all"]["auroc"] < 0.7
+    assert abs(out["all"]["spearman"]) < 0.3
+
+
 def test_threshold_gates_affected():
     rng = np.random.default_rng(2)
     base = rng.normal(0, 1, 300)

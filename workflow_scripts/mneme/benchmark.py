@@ -75,6 +75,7 @@ def build_items(
     seed: int = 0,
     include_general: bool = True,
     part: str = PART,
+    n_general: int | None = None,
 ) -> pd.DataFrame:
     """A deterministic item set from the ``benchmark`` part of GCIDE.
 
@@ -82,7 +83,11 @@ def build_items(
     optional ``salt``). ``categories`` defaults to every non-general category of the YAML; the
     general category is added as a control unless ``include_general`` is false. Per category, at
     most one sense per headword (the first eligible one in file order) is a candidate, and
-    ``n_per_category`` candidates are picked by a seeded hash of their ``doc_id``.
+    ``n_per_category`` candidates are picked by a seeded hash of their ``doc_id``; the general
+    category gets ``n_general`` (default ``n_per_category``). Its change is the reference of every
+    category's specific change, so its sampling noise enters all of them at once, and its
+    untagged definitions vary more than a category's: it needs more items than one category.
+    A larger sample extends a smaller one (the same hash order).
 
     For the multiple-choice task, ``choices`` holds the right headword and ``n_choices - 1``
     distractor headwords from the same category's candidates (seeded by ``seed`` and the item),
@@ -91,6 +96,8 @@ def build_items(
     """
     if n_per_category < 1:
         raise ValueError(f"n_per_category must be >= 1, got {n_per_category}")
+    if n_general is not None and n_general < 1:
+        raise ValueError(f"n_general must be >= 1, got {n_general}")
     if n_choices < 2:
         raise ValueError(f"n_choices must be >= 2, got {n_choices}")
     tag_map, general, known = gcide.load_category_map(gcide_cfg["categories"])
@@ -125,7 +132,8 @@ def build_items(
         if not pool:
             log.warning("category %r has no eligible sense in the %r part", category, part)
             continue
-        picked = sorted(pool, key=lambda d: (_stable_int(seed, d["item_id"]), d["item_id"]))[:n_per_category]
+        n = n_general if category == general and n_general is not None else n_per_category
+        picked = sorted(pool, key=lambda d: (_stable_int(seed, d["item_id"]), d["item_id"]))[:n]
         headwords = sorted({d["headword"] for d in pool})  # one per lower-cased headword already
         for item in sorted(picked, key=lambda d: d["item_id"]):
             choices, answer = _choices(item, headwords, n_choices, seed)
@@ -147,6 +155,7 @@ def items_from_options(gcide_cfg: dict, opts: dict) -> pd.DataFrame:
         gcide_cfg,
         categories=opts["categories"],
         n_per_category=opts["n_per_category"],
+        n_general=opts["n_general"],
         n_choices=opts["n_choices"],
         seed=opts["seed"],
     )

@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 KINDS = ("gcide", "mmlu", "lm_eval")
-_GCIDE_KEYS = ("categories", "n_per_category", "n_choices", "seed", "batch_size", "max_len", "tasks")
+_GCIDE_KEYS = (
+    "categories",
+    "n_per_category",
+    "n_general",
+    "n_choices",
+    "seed",
+    "batch_size",
+    "max_len",
+    "tasks",
+)
 
 
 def kind_options(bench: dict) -> dict:

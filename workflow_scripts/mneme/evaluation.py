@@ -295,6 +295,65 @@ def specific_change(
     return delta, float(min(1.0, 2 * min(lo, hi)))
 
 
+def split_half_truth(
+    base_items: pd.DataFrame,
+    ft_items: pd.DataFrame,
+    task: str,
+    *,
+    target: Sequence[str] = (),
+    n_splits: int = 50,
+    seed: int = 0,
+    **truth_options: Any,
+) -> dict[str, Any] | None:
+    """The ground truth's own noise ceiling: how well half of the benchmark items predict the
+    other half's truth, as a predictor's metrics (means over ``n_splits`` random halvings).
+
+    Each split halves every category's items (the reference's too) at random; the truth of one
+    half (:func:`ground_truth` with ``truth_options``, its ``|delta|`` as the score and its
+    direction) is scored against the other's by :func:`score_predictor`. Each half has half the
+    items, so the ceiling of the full benchmark is higher than this: it is a conservative bound
+    on how much any predictor can agree with the truth. None for per-task aggregates (no items
+    to halve) or ``n_splits = 0``.
+    """
+    paired = pair_items(base_items, ft_items, task)
+    if n_splits < 1 or "n_base" in paired.columns or paired.empty:
+        return None
+    rng = np.random.default_rng([seed, zlib.crc32(task.encode())])
+    runs = []
+    for _ in range(n_splits):
+        half = pd.Series(False, index=paired.index)
+        for _, g in paired.groupby("category", sort=False):
+            half[rng.permutation(g.index.to_numpy())[: len(g) // 2]] = True
+        ids = [set(paired.loc[m, "item_id"]) for m in (half, ~half)]
+        a, b = (
+            ground_truth(
+                base_items[base_items["item_id"].isin(i)],
+                ft_items[ft_items["item_id"].isin(i)],
+                task,
+                **truth_options,
+            )
+            for i in ids
+        )
+        pred = pd.DataFrame(
+            {
+                "category": a["category"],
+                "predicted": a["affected"].astype(bool),
+                "score": np.abs(a["delta"].to_numpy(float)),
+                "direction": a["direction"],
+            }
+        )
+        runs.append(score_predictor(b, pred, target))
+    return {
+        part: {k: _nanmean(r[part].get(k) for r in runs) for k in runs[0][part] if k != "undefined"}
+        for part in runs[0]
+    }
+
+
+def _nanmean(values: Iterable[Any]) -> float:
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
 def _aggregate_row(cat: str, g: pd.DataFrame, threshold: float, alpha: float) -> dict[str, Any]:
     """Ground-truth row of one category from per-task accuracies pooled by their sample counts."""
     n_b, n_f = float(g["n_base"].sum()), float(g["n_ft"].sum())
@@ -614,6 +673,7 @@ PREDICTOR_USES = {
     "all_positive": "nothing",
     "random_at_prevalence": "the truth's prevalence (expected value)",
     "oracle": "the benchmark (upper bound)",
+    "truth_split_half": "half the benchmark items, scored on the other half (the truth's noise ceiling)",
 }
 
 
@@ -652,6 +712,7 @@ def evaluate_pair(
     min_latents: int = 1,
     general_category: str = "general",
     seed: int = 0,
+    n_splits: int = 50,
     meta: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Ground truth, every predictor and its metrics for one model pair (JSON-serialisable).
@@ -670,18 +731,16 @@ def evaluate_pair(
         cats = [c for c in cats if c != general_category]
     else:
         cats = list(categories)
-    gt = ground_truth(
-        base_items,
-        ft_items,
-        task,
-        threshold,
-        test=test,
-        alpha=alpha,
-        n_boot=n_boot,
-        seed=seed,
-        categories=cats,
-        reference=general_category if truth == "specific" else None,
-    )
+    truth_options = {
+        "threshold": threshold,
+        "test": test,
+        "alpha": alpha,
+        "n_boot": n_boot,
+        "seed": seed,
+        "categories": cats,
+        "reference": general_category if truth == "specific" else None,
+    }
+    gt = ground_truth(base_items, ft_items, task, **truth_options)
     tables = predictor_tables(
         cats,
         attribution=attribution,
@@ -713,6 +772,13 @@ def evaluate_pair(
         "per_category": [],
         "metrics": _random_expected(gt, target),
     }
+    ceiling = split_half_truth(base_items, ft_items, task, target=target, n_splits=n_splits, **truth_options)
+    if ceiling is not None:
+        predictors["truth_split_half"] = {
+            "uses": PREDICTOR_USES["truth_split_half"],
+            "per_category": [],
+            "metrics": ceiling,
+        }
     mn = tables["mneme"].set_index("category")
     table = gt.copy()
     table["prediction"] = table["category"].map(mn["predicted"]).fillna(False).astype(bool)
@@ -732,6 +798,7 @@ def evaluate_pair(
         "min_latents": min_latents,
         "general_category": general_category,
         "seed": seed,
+        "n_splits": n_splits,
     }
     out = {
         "config": config,
