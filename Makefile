@@ -3,6 +3,7 @@
 #   make test   set everything up, then run the test suite
 #   make demo-reversal  the demo plus the optional reversal experiment (config/demo-reversal.yaml)
 #   make suite  the development suite of organisms (config/suites/dev.yaml): results/suite.tsv
+#   make suite-holdout  the development suite plus the held-out organisms (config/suites/holdout.yaml)
 # Both are idempotent: the environment is rebuilt only when requirements.txt changes.
 
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed
 GCIDE := /usr/share/dictd/gcide.dict.dz
 CORES ?= all
 
-.PHONY: setup demo demo-reversal suite test system-data lint format clean-results
+.PHONY: setup demo demo-reversal suite suite-holdout test system-data lint format clean-results
 
 setup: $(STAMP) system-data
 
@@ -46,6 +47,9 @@ demo-reversal: setup vllm-env
 
 suite: setup vllm-env
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/suites/dev.yaml
+
+suite-holdout: setup vllm-env
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/suites/dev.yaml config/suites/holdout.yaml
 
 test: setup vllm-env
 	$(BIN)/pytest -q

@@ -62,6 +62,7 @@ rule suite:
         "../envs/mneme.yaml"
     params:
         pairs=list(config["pairs"]),
+        holdout=[p for p, spec in config["pairs"].items() if spec["holdout"]],
         general=lambda wc: general_category(),
     script:
         "../workflow_scripts/suite.py"

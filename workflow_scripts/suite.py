@@ -21,11 +21,17 @@ def main(smk) -> None:
         if context in smk.input.keys():
             files["context_membership"] = pd.read_parquet(smk.input[context])
         inputs[pair] = files
-    table = suite_table({p: f["evaluation"] for p, f in inputs.items()})
+    holdout = smk.params.holdout
+    table = suite_table({p: f["evaluation"] for p, f in inputs.items()}, holdout)
     table.to_csv(smk.output.table, sep="\t", index=False)
-    mean = table[(table["pair"] == "mean") & (table["scope"] == "side_effects")]
-    log.info("side effects, mean over %d pairs:\n%s", len(inputs), mean.to_string(index=False))
-    grid = sensitivity(inputs, general_category=smk.params.general)
+    mean = table[table["pair"].str.startswith("mean") & (table["scope"] == "side_effects")]
+    log.info(
+        "side effects, mean over %d pairs (%d held out):\n%s",
+        len(inputs),
+        len(holdout),
+        mean.to_string(index=False),
+    )
+    grid = sensitivity(inputs, general_category=smk.params.general, holdout=holdout)
     grid.to_csv(smk.output.sensitivity, sep="\t", index=False)
     log.info("sensitivity:\n%s", grid.to_string(index=False))
 

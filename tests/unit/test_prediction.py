@@ -245,6 +245,7 @@ def test_evaluate_pair_end_to_end_json():
     assert truth == {"biology": True, "chemistry": True, "law": False, "music": False}
     want = {"mneme", "mneme_provenance", "mneme_contexts", "mneme_explanations", "activation_diff"}
     want |= {"decoder_norm_only", "provenance_only", "all_positive", "oracle", "random_at_prevalence"}
+    want |= {"truth_split_half"}
     assert set(res["predictors"]) == want
     assert res["side_effect_metrics"]["mneme"]["f1"] == 1.0  # chemistry found, law and music not
     assert res["side_effect_metrics"]["oracle"]["auroc"] == 1.0
@@ -259,23 +260,27 @@ def test_evaluate_pair_end_to_end_json():
 
 def test_suite_table_and_sensitivity():
     evaluations, pairs = {}, {}
-    for i, pair in enumerate(("a", "b")):
+    for i, pair in enumerate(("a", "b", "c")):
         b, f, inputs = evaluation_inputs(seed=i)
         res = ev.evaluate_pair(
             b, f, **inputs, target=["biology"], task="definition_loglik", threshold=0.1, n_boot=200
         )
         evaluations[pair] = res
         pairs[pair] = {"evaluation": res, **inputs}
-    table = suite_table(evaluations)
-    mean = table[
-        (table["pair"] == "mean") & (table["predictor"] == "mneme") & (table["scope"] == "side_effects")
-    ]
-    per = table[
-        (table["pair"] != "mean") & (table["predictor"] == "mneme") & (table["scope"] == "side_effects")
-    ]
-    assert mean["f1"].iloc[0] == pytest.approx(per["f1"].mean()) and mean["n_pairs"].iloc[0] == 2
-    grid = sensitivity(pairs, {"z_pred": (1.0, 100.0), "z_cap": (10.0,), "min_contexts": (1, 100)})
+    table = suite_table(evaluations, holdout=["c"])
+    mine = table[(table["predictor"] == "mneme") & (table["scope"] == "side_effects")].set_index("pair")
+    # the mean is over the development pairs only; the held-out pair has a mean of its own
+    assert mine.loc["mean", "auroc"] == pytest.approx(mine.loc[["a", "b"], "auroc"].mean())
+    assert mine.loc["mean", "n_pairs"] == 2 and mine.loc["mean_holdout", "n_pairs"] == 1
+    assert mine.loc["mean_holdout", "auroc"] == pytest.approx(mine.loc["c", "auroc"])
+    assert set(suite_table(evaluations)["pair"]) == {"a", "b", "c", "mean"}
+    settings = {"z_pred": (1.0, 100.0), "z_cap": (10.0,), "min_contexts": (1, 100)}
+    both = sensitivity(pairs, settings, holdout=["c"])
+    assert both.groupby("group")["n_pairs"].max().to_dict() == {"dev": 2, "holdout": 1}
+    del pairs["c"]
+    grid = sensitivity(pairs, settings)
     assert set(grid["route"]) == {"provenance", "contexts", "explanations"} and len(grid) == 12
+    assert set(grid["group"]) == {"dev"}
     prov = grid[grid["route"] == "provenance"].set_index(["z_pred", "min_contexts"])
     assert prov.loc[(1.0, 1), "side_effect_f1"] == pytest.approx(1.0)
     assert prov.loc[(100.0, 1), "side_effect_f1"] == 0.0  # nothing predicted, a chemistry miss

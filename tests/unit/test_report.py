@@ -495,7 +495,10 @@ def test_rule_script(tmp_path):
     html = (out / "report.html").read_text()
     assert "<th>base</th><td>b0</td>" in html
     suite_html = _section(html, "suite")
-    assert "Mean over pairs: side effects" in suite_html and "Sensitivity of the mneme routes" in suite_html
+    assert (
+        "Mean over the development pairs: side effects" in suite_html
+        and "Sensitivity of the mneme routes" in suite_html
+    )
     assert list(pd.read_csv(out / "summary.tsv", sep="\t")["pair"]) == ["p"]
 
 

@@ -949,18 +949,23 @@ def section_suite(suite: pd.DataFrame | None, grid: pd.DataFrame | None) -> str:
     side-effect F1 and AUROC, and the sensitivity of the mneme routes to the decision's settings."""
     if suite is None or suite.empty:
         return na("suite.tsv not available")
-    out = ""
-    mean = suite[suite["pair"] == "mean"]
-    for scope, title in (
-        ("side_effects", "Mean over pairs: side effects"),
-        ("all", "Mean over pairs: all categories"),
-    ):
-        rows = _records(mean[mean["scope"] == scope])
-        cols = SUITE_COLUMNS + ([("direction_accuracy", "direction accuracy")] if scope == "all" else [])
-        out += f"<h4>{esc(title)}</h4>" + table(
-            rows, cols, row_class=lambda r: "mneme" if r["predictor"] == "mneme" else ""
-        )
-    per = suite[(suite["pair"] != "mean") & (suite["scope"] == "side_effects")]
+    out = (
+        '<p class="small">truth_split_half is the ground truth\'s own noise ceiling: the truth '
+        "measured on half of the benchmark items, scored against the truth of the other half. No "
+        "predictor can be expected to agree with the truth much better than the truth agrees with "
+        "itself (with all the items the ceiling is somewhat higher than this half-size figure).</p>"
+    )
+    for pair, group in (("mean", "development pairs"), ("mean_holdout", "held-out pairs")):
+        mean = suite[suite["pair"] == pair]
+        if mean.empty:
+            continue
+        for scope, what in (("side_effects", "side effects"), ("all", "all categories")):
+            rows = _records(mean[mean["scope"] == scope])
+            cols = SUITE_COLUMNS + ([("direction_accuracy", "direction accuracy")] if scope == "all" else [])
+            out += f"<h4>{esc(f'Mean over the {group}: {what}')}</h4>" + table(
+                rows, cols, row_class=lambda r: "mneme" if r["predictor"] == "mneme" else ""
+            )
+    per = suite[~suite["pair"].isin(["mean", "mean_holdout"]) & (suite["scope"] == "side_effects")]
     for metric in ("f1", "auroc"):
         wide = per.pivot_table(index="predictor", columns="pair", values=metric, aggfunc="first", sort=False)
         wide = wide.reset_index()

@@ -6,6 +6,10 @@ predictor's metrics of every pair in one long table with the mean over pairs bes
 (the strength cap and minimum number of contexts of the attribution, the z of the category
 decision) on the pairs' own files, and reports the mean side-effect F1 and AUROC per setting, so
 a reader can see whether the defaults sit on a plateau or on a peak.
+
+Pairs marked ``holdout`` are kept out of both: their mean is reported apart (pair
+``mean_holdout``) and the grid is computed per group, so a default chosen on the development
+pairs is checked on pairs it was not chosen on.
 """
 
 from __future__ import annotations
@@ -25,11 +29,21 @@ METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "spearman")
 GRID = {"z_pred": (1.0, 2.0, 3.0, 5.0, 8.0), "z_cap": (5.0, 10.0, 1e9), "min_contexts": (1, 5, 20)}
 
 
-def suite_table(evaluations: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per (pair, predictor, scope) with every metric, then the mean over pairs per
-    (predictor, scope) as pair ``mean``. An undefined value is left out of a mean; F1 is undefined
-    only for a pair with nothing to find and nothing predicted, and ``n_pairs_f1`` says over how
-    many pairs the mean F1 was taken."""
+MEAN = {"dev": "mean", "holdout": "mean_holdout"}
+
+
+def groups(pairs: Sequence[str], holdout: Sequence[str] = ()) -> dict[str, list[str]]:
+    """The pairs of each group (``dev``, and ``holdout`` when there is one), in config order."""
+    out = {"dev": [p for p in pairs if p not in holdout], "holdout": [p for p in pairs if p in holdout]}
+    return {g: ps for g, ps in out.items() if ps}
+
+
+def suite_table(evaluations: Mapping[str, Mapping[str, Any]], holdout: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per (pair, predictor, scope) with every metric, then the mean over the development
+    pairs per (predictor, scope) as pair ``mean`` and over the ``holdout`` pairs as
+    ``mean_holdout``. An undefined value is left out of a mean; F1 is undefined only for a pair
+    with nothing to find and nothing predicted, and ``n_pairs_f1`` says over how many pairs the
+    mean F1 was taken."""
     rows = []
     for pair, ev in evaluations.items():
         for name, p in ev["predictors"].items():
@@ -45,14 +59,18 @@ def suite_table(evaluations: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
         return df
     value_cols = list(METRICS) + ["direction_accuracy"]
     df[value_cols] = df[value_cols].astype(float)
-    means = df.groupby(["predictor", "scope"], sort=False).agg(
-        {"uses": "first", **{c: "mean" for c in value_cols}, "pair": "count"}
-    )
-    means = means.rename(columns={"pair": "n_pairs"})
-    means["n_pairs_f1"] = df.groupby(["predictor", "scope"], sort=False)["f1"].count()
-    means = means.reset_index()
-    means["pair"] = "mean"
-    return pd.concat([df, means], ignore_index=True)
+    parts = [df]
+    for group, pairs in groups(list(evaluations), holdout).items():
+        sub = df[df["pair"].isin(pairs)]
+        means = sub.groupby(["predictor", "scope"], sort=False).agg(
+            {"uses": "first", **{c: "mean" for c in value_cols}, "pair": "count"}
+        )
+        means = means.rename(columns={"pair": "n_pairs"})
+        means["n_pairs_f1"] = sub.groupby(["predictor", "scope"], sort=False)["f1"].count()
+        means = means.reset_index()
+        means["pair"] = MEAN[group]
+        parts.append(means)
+    return pd.concat(parts, ignore_index=True)
 
 
 def _restrength(attribution: pd.DataFrame, z_cap: float, min_contexts: int) -> pd.DataFrame:
@@ -78,13 +96,25 @@ def sensitivity(
     pairs: Mapping[str, Mapping[str, Any]],
     grid: Mapping[str, Sequence[float]] = GRID,
     general_category: str = "general",
+    holdout: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Mean side-effect F1 / AUROC (and all-category accuracy) of each mneme route per setting.
+    """Mean side-effect F1 / AUROC (and all-category accuracy) of each mneme route per setting,
+    per group of pairs (``dev``, and ``holdout`` when some pairs are held out).
 
     ``pairs`` maps a pair to its inputs: ``evaluation`` (the evaluation.json dict, for the ground
     truth, the target and the categories), ``attribution``, ``category_mass``, ``activation_diff``
     and optionally ``labels`` and ``context_membership`` tables.
     """
+    frames = [
+        _sensitivity({p: pairs[p] for p in members}, grid, general_category).assign(group=group)
+        for group, members in groups(list(pairs), holdout).items()
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _sensitivity(
+    pairs: Mapping[str, Mapping[str, Any]], grid: Mapping[str, Sequence[float]], general_category: str
+) -> pd.DataFrame:
     rows = []
     for z_pred, z_cap, min_ctx in itertools.product(grid["z_pred"], grid["z_cap"], grid["min_contexts"]):
         scores: dict[str, list[dict[str, Any]]] = {}
