@@ -63,6 +63,12 @@ rule suite:
     params:
         pairs=list(config["pairs"]),
         holdout=[p for p, spec in config["pairs"].items() if spec["holdout"]],
+        # the configured value of each setting of the sensitivity grid (its row is marked)
+        defaults={
+            "z_pred": config["evaluate"]["z_pred"],
+            "z_cap": config["attribution"]["z_cap"],
+            "min_contexts": config["attribution"]["min_contexts"],
+        },
         general=lambda wc: general_category(),
     script:
         "../workflow_scripts/suite.py"

@@ -31,7 +31,9 @@ def main(smk) -> None:
         len(holdout),
         mean.to_string(index=False),
     )
-    grid = sensitivity(inputs, general_category=smk.params.general, holdout=holdout)
+    grid = sensitivity(
+        inputs, general_category=smk.params.general, holdout=holdout, defaults=smk.params.defaults
+    )
     grid.to_csv(smk.output.sensitivity, sep="\t", index=False)
     log.info("sensitivity:\n%s", grid.to_string(index=False))
 

@@ -275,8 +275,12 @@ def test_suite_table_and_sensitivity():
     assert mine.loc["mean_holdout", "auroc"] == pytest.approx(mine.loc["c", "auroc"])
     assert set(suite_table(evaluations)["pair"]) == {"a", "b", "c", "mean"}
     settings = {"z_pred": (1.0, 100.0), "z_cap": (10.0,), "min_contexts": (1, 100)}
-    both = sensitivity(pairs, settings, holdout=["c"])
+    both = sensitivity(
+        pairs, settings, holdout=["c"], defaults={"z_pred": 1, "z_cap": 10, "min_contexts": 100}
+    )
     assert both.groupby("group")["n_pairs"].max().to_dict() == {"dev": 2, "holdout": 1}
+    marked = both[both["default"]]
+    assert len(marked) == 6 and set(marked["z_pred"]) == {1.0} and set(marked["min_contexts"]) == {100}
     del pairs["c"]
     grid = sensitivity(pairs, settings)
     assert set(grid["route"]) == {"provenance", "contexts", "explanations"} and len(grid) == 12

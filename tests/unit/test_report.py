@@ -488,9 +488,12 @@ def test_rule_script(tmp_path):
         ]
     )
     suite.to_csv(smk.input.suite, sep="\t", index=False)
-    pd.DataFrame([{"route": "provenance", "z_pred": 3.0, "side_effect_f1": 0.5}]).to_csv(
-        smk.input.sensitivity, sep="\t", index=False
-    )
+    pd.DataFrame(
+        [
+            {"route": "provenance", "z_pred": z, "side_effect_f1": 0.5, "group": "dev", "default": z == 3.0}
+            for z in (1.0, 3.0)
+        ]
+    ).to_csv(smk.input.sensitivity, sep="\t", index=False)
     rule.main(smk)
     html = (out / "report.html").read_text()
     assert "<th>base</th><td>b0</td>" in html
@@ -499,6 +502,9 @@ def test_rule_script(tmp_path):
         "Mean over the development pairs: side effects" in suite_html
         and "Sensitivity of the mneme routes" in suite_html
     )
+    assert "held-out" not in suite_html  # no pair is held out here
+    grid_html = suite_html[suite_html.index("Sensitivity of the mneme routes") :]
+    assert grid_html.count('class="mneme"') == 1  # the configured setting's row, and only it
     assert list(pd.read_csv(out / "summary.tsv", sep="\t")["pair"]) == ["p"]
 
 

@@ -976,8 +976,12 @@ def section_suite(suite: pd.DataFrame | None, grid: pd.DataFrame | None) -> str:
         out += (
             "<h4>Sensitivity of the mneme routes (mean over pairs)</h4>"
             '<p class="small">z_pred: the category decision; z_cap and min_contexts: the attribution '
-            "(strength cap, contexts a latent needs). The defaults are z_pred 3, z_cap 10, min_contexts 5.</p>"
-            + table(_records(grid), cols)
+            "(strength cap, contexts a latent needs). The rows marked default are this run's settings.</p>"
+            + table(
+                _records(grid),
+                cols,
+                row_class=lambda r: "mneme" if r.get("default") in (True, "True") else "",
+            )
         )
     return out
 

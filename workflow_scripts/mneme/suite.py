@@ -97,9 +97,11 @@ def sensitivity(
     grid: Mapping[str, Sequence[float]] = GRID,
     general_category: str = "general",
     holdout: Sequence[str] = (),
+    defaults: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Mean side-effect F1 / AUROC (and all-category accuracy) of each mneme route per setting,
-    per group of pairs (``dev``, and ``holdout`` when some pairs are held out).
+    per group of pairs (``dev``, and ``holdout`` when some pairs are held out). ``defaults`` (the
+    config's value of each grid setting) marks the rows of the configured setting (``default``).
 
     ``pairs`` maps a pair to its inputs: ``evaluation`` (the evaluation.json dict, for the ground
     truth, the target and the categories), ``attribution``, ``category_mass``, ``activation_diff``
@@ -109,7 +111,10 @@ def sensitivity(
         _sensitivity({p: pairs[p] for p in members}, grid, general_category).assign(group=group)
         for group, members in groups(list(pairs), holdout).items()
     ]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if defaults is not None and not out.empty:
+        out["default"] = np.logical_and.reduce([np.isclose(out[k], float(v)) for k, v in defaults.items()])
+    return out
 
 
 def _sensitivity(
