@@ -522,7 +522,9 @@ class OpenAIBackend:
                     **kw.get("_extra", {}),
                 )
             except Exception as exc:
-                if attempt >= self.max_retries or not _retryable(exc) or self._abort.is_set():
+                if self._abort.is_set() and _retryable(exc):  # stopped while this attempt was in flight
+                    raise EndpointError(f"{self.base_url}: stopped while retrying ({exc})") from exc
+                if attempt >= self.max_retries or not _retryable(exc):
                     raise EndpointError(
                         f"{self.base_url} (model {self.model!r}): {type(exc).__name__}: {exc}"
                         + (f" after {attempt + 1} attempts" if attempt else "")
