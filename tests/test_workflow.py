@@ -184,14 +184,15 @@ def test_evaluation_output(workflow):
     result = json.loads((workdir / "results/tiny/evaluation.json").read_text())
     want = {"mneme", "mneme_provenance", "mneme_contexts", "mneme_explanations", "activation_diff"}
     want |= {"decoder_norm_only", "provenance_only", "all_positive", "random_at_prevalence", "oracle"}
-    assert want <= set(result["predictors"])
+    assert want | {"truth_split_half"} <= set(result["predictors"])
     assert {row["category"] for row in result["per_category"]} == {"biology", "chemistry", "law"}
-    assert result["target"] == ["biology"] and result["config"]["truth"] == "specific"
+    assert result["target"] == ["biology"] and result["config"]["truth"] == "median"
     for p in result["predictors"].values():
         assert {"all", "side_effects", "direction"} <= set(p["metrics"])
         assert p["metrics"]["side_effects"]["n"] == 2  # chemistry and law
     truth = {r["category"]: r for r in result["ground_truth"]}
     assert {"raw_delta", "raw_affected", "delta", "affected"} <= set(truth["law"])
+    assert truth["law"]["reference"] == "median of 2 categories"  # chemistry and law, not the target
     suite = pd.read_csv(workdir / "results/suite.tsv", sep="\t")
     assert set(suite["pair"]) == {"tiny", "mean"} and "mneme" in set(suite["predictor"])
     grid = pd.read_csv(workdir / "results/suite_sensitivity.tsv", sep="\t")

@@ -149,6 +149,26 @@ def test_split_half_truth_of_pure_noise_is_near_chance():
     assert abs(out["all"]["spearman"]) < 0.3
 
 
+def test_median_reference_is_robust_to_a_general_control_that_moved():
+    rng = np.random.default_rng(5)
+    n, cats = 60, ["a", "b", "c", "d", "hit"]
+    base = {c: rng.normal(-2.0, 0.5, n) for c in cats + ["general"]}
+    shift = {"a": -0.2, "b": -0.2, "c": -0.2, "d": -0.2, "hit": -1.0, "general": -0.6}
+    ft = {c: v + shift[c] + rng.normal(0, 0.02, n) for c, v in base.items()}
+    b, f = _items(base), _items(ft)
+    options = dict(threshold=0.1, n_boot=500, seed=0, categories=cats)
+    med = ev.ground_truth(b, f, "definition_loglik", median_of=cats, **options).set_index("category")
+    raw = {c: ft[c].mean() - base[c].mean() for c in cats}
+    want = raw["hit"] - np.median(list(raw.values()))
+    assert med.loc["hit", "delta"] == pytest.approx(want)
+    assert med["affected"].to_dict() == {"a": False, "b": False, "c": False, "d": False, "hit": True}
+    assert med.loc["hit", "direction"] == -1 and med["reference"].iloc[0] == "median of 5 categories"
+    # against the general control, which moved with the intervention, every category "improved"
+    gen = ev.ground_truth(b, f, "definition_loglik", reference="general", **options).set_index("category")
+    assert gen.loc[["a", "b", "c", "d"], "direction"].tolist() == [1, 1, 1, 1]
+    assert med["raw_delta"].to_dict() == pytest.approx(gen["raw_delta"].to_dict())
+
+
 def test_threshold_gates_affected():
     rng = np.random.default_rng(2)
     base = rng.normal(0, 1, 300)
@@ -216,3 +236,22 @@ def test_predict_tie_direction_zero():
     df = pd.DataFrame({"latent": [0, 1], "direction": ["amplified", "suppressed"], "category": ["x", "x"]})
     pr = ev.predict(df, ["x"])
     assert bool(pr["predicted"].iloc[0]) and pr["direction"].iloc[0] == 0
+
+
+def test_median_reference_of_per_task_accuracies():
+    # lm_eval-style rows: an accuracy over n samples per task; "hit" is the target, the median of
+    # the other three changes is 0.0
+    def rows(scores: dict[str, float]) -> pd.DataFrame:
+        return pd.DataFrame(
+            [{"task": "mmlu", "item_id": c, "category": c, "score": s, "n": 4000} for c, s in scores.items()]
+        )
+
+    base = rows({"a": 0.5, "b": 0.5, "c": 0.5, "hit": 0.5})
+    ft = rows({"a": 0.51, "b": 0.50, "c": 0.49, "hit": 0.30})
+    out = ev.ground_truth(
+        base, ft, "mmlu", test="two_proportion", threshold=0.05, n_boot=2000, median_of=["a", "b", "c"]
+    ).set_index("category")
+    assert out.loc["hit", "delta"] == pytest.approx(-0.2 - 0.0, abs=1e-9)
+    assert out.loc["a", "delta"] == pytest.approx(0.01, abs=1e-9)
+    assert out["affected"].to_dict() == {"a": False, "b": False, "c": False, "hit": True}
+    assert out.loc["hit", "p_value"] < 0.01 and out.loc["b", "p_value"] > 0.5

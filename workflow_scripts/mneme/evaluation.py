@@ -39,7 +39,7 @@ from mneme.category_file import NONE_LABEL
 FLAGGED = ("amplified", "suppressed")
 CONTROL = "unchanged"
 TESTS = ("bootstrap", "two_proportion", "paired_t")
-GROUND_TRUTHS = ("specific", "raw")
+GROUND_TRUTHS = ("specific", "median", "raw")
 GROUND_TRUTH_COLUMNS = [
     "category",
     "n",
@@ -168,6 +168,7 @@ def ground_truth(
     seed: int = 0,
     categories: Sequence[str] | None = None,
     reference: str | None = None,
+    median_of: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Per category: n, base_mean, ft_mean, delta (ft − base), p_value, significant, affected, direction.
 
@@ -178,6 +179,9 @@ def ground_truth(
     ``p_value``, ``significant``, ``affected`` and ``direction`` are the specific ones and the raw
     change stays beside them as ``raw_delta``, ``raw_p_value``, ``raw_affected``. Without a
     reference row in the items the raw change is used (``reference`` is then reported as None).
+    With ``median_of`` (the categories outside the target) the reference is instead the median
+    change of those categories (:func:`median_change`): robust to a few affected categories,
+    and not moved by the intervention the way untagged text that shares the target's domain is.
 
     ``affected = |delta| >= threshold and p_value < alpha``; ``direction`` is ``sign(delta)`` for
     affected categories, else 0. ``categories`` adds categories without items (n = 0, NaN stats,
@@ -236,14 +240,25 @@ def ground_truth(
     out = pd.DataFrame(rows, columns=GROUND_TRUTH_COLUMNS)
     out["raw_delta"], out["raw_p_value"], out["raw_affected"] = out["delta"], out["p_value"], out["affected"]
     out["reference"] = None
-    ref = groups.get(str(reference)) if reference is not None else None
-    if ref is None or ref.empty:
-        return out
+    members = [str(c) for c in median_of or () if str(c) in groups]
+    if median_of is not None:
+        if not members:
+            return out
+        label = f"median of {len(members)} categories"
+    else:
+        ref = groups.get(str(reference)) if reference is not None else None
+        if ref is None or ref.empty:
+            return out
+        label = str(reference)
     for i, cat in enumerate(out["category"]):
         g = groups.get(str(cat))
         if g is None or g.empty or str(cat) == str(reference):
             continue
-        delta, p = specific_change(g, ref, aggregate, n_boot, _category_seed(seed, f"{cat}-{reference}"))
+        rng = _category_seed(seed, f"{cat}-{label}")
+        if median_of is not None:
+            delta, p = median_change(groups, str(cat), members, aggregate, n_boot, rng)
+        else:
+            delta, p = specific_change(g, ref, aggregate, n_boot, rng)
         significant = bool(not math.isnan(p) and p < alpha)
         affected = bool(significant and abs(delta) >= threshold)
         out.loc[i, ["delta", "p_value", "significant", "affected", "direction"]] = [
@@ -253,8 +268,50 @@ def ground_truth(
             affected,
             int(np.sign(delta)) if affected else 0,
         ]
-    out["reference"] = str(reference)
+    out["reference"] = label
     return out
+
+
+def _two_sided(boot: np.ndarray, n_boot: int) -> float:
+    """Two-sided bootstrap p of a statistic against 0 from its resampled values."""
+    if np.all(boot == 0):
+        return 1.0
+    lo = (np.sum(boot <= 0) + 1) / (n_boot + 1)
+    hi = (np.sum(boot >= 0) + 1) / (n_boot + 1)
+    return float(min(1.0, 2 * min(lo, hi)))
+
+
+def _change_draws(
+    g: pd.DataFrame, aggregate: bool, n_boot: int, rng: np.random.Generator
+) -> tuple[float, np.ndarray]:
+    """A group's change (ft − base) and ``n_boot`` resampled values of it: a bootstrap over its
+    paired items, or for per-task aggregates a parametric one (each pooled accuracy redrawn as a
+    binomial proportion over its sample count)."""
+    if aggregate:
+        n_b, n_f = int(g["n_base"].sum()), int(g["n_ft"].sum())
+        p_b = float((g["base"] * g["n_base"]).sum()) / n_b
+        p_f = float((g["ft"] * g["n_ft"]).sum()) / n_f
+        return p_f - p_b, rng.binomial(n_f, p_f, n_boot) / n_f - rng.binomial(n_b, p_b, n_boot) / n_b
+    d = g["ft"].to_numpy(float) - g["base"].to_numpy(float)
+    return float(d.mean()), d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+
+
+def median_change(
+    groups: Mapping[str, pd.DataFrame],
+    cat: str,
+    members: Sequence[str],
+    aggregate: bool,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> tuple[float, float]:
+    """``(delta_c − median_m delta_m, two-sided p)``: a category's change beyond the median change
+    of ``members`` (the categories outside the target). Every group is resampled independently
+    (:func:`_change_draws`) and the median is recomputed in each resample; ``cat`` uses the same
+    resample for its own change and its place among the members."""
+    draws = {c: _change_draws(groups[c], aggregate, n_boot, rng) for c in dict.fromkeys([*members, cat])}
+    point = draws[cat][0] - float(np.median([draws[c][0] for c in members]))
+    resampled = draws[cat][1] - np.median(np.column_stack([draws[c][1] for c in members]), axis=1)
+    return point, _two_sided(resampled, n_boot)
 
 
 def specific_change(
@@ -288,11 +345,7 @@ def specific_change(
         ic = rng.integers(0, dc.size, size=(stop - start, dc.size))
         ir = rng.integers(0, dr.size, size=(stop - start, dr.size))
         means[start:stop] = dc[ic].mean(axis=1) - dr[ir].mean(axis=1)
-    if np.all(means == 0):
-        return delta, 1.0
-    lo = (np.sum(means <= 0) + 1) / (n_boot + 1)
-    hi = (np.sum(means >= 0) + 1) / (n_boot + 1)
-    return delta, float(min(1.0, 2 * min(lo, hi)))
+    return delta, _two_sided(means, n_boot)
 
 
 def split_half_truth(
@@ -706,7 +759,7 @@ def evaluate_pair(
     test: str = "bootstrap",
     alpha: float = 0.05,
     n_boot: int = 2000,
-    truth: str = "specific",
+    truth: str = "median",
     route: str = "provenance",
     z_pred: float = 3.0,
     min_latents: int = 1,
@@ -731,6 +784,7 @@ def evaluate_pair(
         cats = [c for c in cats if c != general_category]
     else:
         cats = list(categories)
+    target = [str(c) for c in target]
     truth_options = {
         "threshold": threshold,
         "test": test,
@@ -739,6 +793,7 @@ def evaluate_pair(
         "seed": seed,
         "categories": cats,
         "reference": general_category if truth == "specific" else None,
+        "median_of": [c for c in cats if c not in target] if truth == "median" else None,
     }
     gt = ground_truth(base_items, ft_items, task, **truth_options)
     tables = predictor_tables(
@@ -758,7 +813,6 @@ def evaluate_pair(
     tables = {"mneme": tables[key], **tables}
     for kind in ("all_positive", "oracle"):
         tables[kind] = constant_predictions(gt, kind)
-    target = [str(c) for c in target]
     predictors: dict[str, Any] = {}
     for name, table in tables.items():
         uses = PREDICTOR_USES.get(name, PREDICTOR_USES[key] if name == "mneme" else "")
