@@ -121,6 +121,7 @@ def _evaluation() -> dict:
         row.update(
             direction=-1 if truth else 0, pred_score=4.0 if pred else 0.5, raw_delta=row["delta"] - 0.1
         )
+        row["reference"] = "median of 2 categories"
 
     def scores(acc, prec, rec, f1, undefined=()):
         m = {"accuracy": acc, "precision": prec, "recall": rec, "f1": f1, "auroc": 0.75, "spearman": 0.5}
@@ -146,7 +147,7 @@ def _evaluation() -> dict:
             "threshold": 0.1,
             "test": "bootstrap",
             "alpha": 0.05,
-            "truth": "specific",
+            "truth": "median",
         },
         "meta": {"pair": "full"},
         "categories": ["biology", "chemistry", "law"],
@@ -376,6 +377,7 @@ def test_metrics_and_prediction_sections(built):
     prediction = _section(html, "full-prediction")
     assert "definition_loglik" in prediction and "data:image/png;base64," in prediction
     assert prediction.count("<tr>") >= 3
+    assert "median of 2 categories" in prediction and "Δ beyond reference" in prediction
 
 
 def test_reversal_section(built):

@@ -816,8 +816,13 @@ def section_prediction(pair: PairData) -> str:
         return na("evaluation.json has no per_category rows")
     cfg = ev.get("config", {})
     keys = ("task", "threshold", "test", "alpha", "truth", "route", "z_pred")
+    reference = per["reference"].dropna().astype(str).unique() if "reference" in per else []
     intro = kv_table(
-        [(k, cfg.get(k)) for k in keys if k in cfg] + [("target", ", ".join(ev.get("target") or []))]
+        [(k, cfg.get(k)) for k in keys if k in cfg]
+        + [
+            ("target", ", ".join(ev.get("target") or [])),
+            ("Δ is beyond", ", ".join(reference) or "nothing (raw)"),
+        ]
     )
     return (
         intro
@@ -883,7 +888,7 @@ def _prediction_table(per: pd.DataFrame) -> str:
         ("base_mean", "base"),
         ("ft_mean", "fine-tuned"),
         ("raw_delta", "raw Δ"),
-        ("delta", "Δ (specific)"),
+        ("delta", "Δ beyond reference"),
         ("p_value", "p"),
         ("significant", "significant"),
         ("truth", "affected"),
