@@ -180,7 +180,7 @@ def ground_truth(
     change stays beside them as ``raw_delta``, ``raw_p_value``, ``raw_affected``. Without a
     reference row in the items the raw change is used (``reference`` is then reported as None).
     With ``median_of`` (the categories outside the target) the reference is instead the median
-    change of those categories (:func:`median_change`): robust to a few affected categories,
+    change of those categories (:func:`median_reference`): robust to a few affected categories,
     and not moved by the intervention the way untagged text that shares the target's domain is.
 
     ``affected = |delta| >= threshold and p_value < alpha``; ``direction`` is ``sign(delta)`` for
@@ -245,6 +245,12 @@ def ground_truth(
         if not members:
             return out
         label = f"median of {len(members)} categories"
+        # one resample per group, shared by every category's test and by the median itself
+        draws = {
+            c: _change_draws(g, aggregate, n_boot, _category_seed(seed, f"{c}-median"))
+            for c, g in groups.items()
+        }
+        median_point, median_draws = median_reference(draws, members)
     else:
         ref = groups.get(str(reference)) if reference is not None else None
         if ref is None or ref.empty:
@@ -254,11 +260,11 @@ def ground_truth(
         g = groups.get(str(cat))
         if g is None or g.empty or str(cat) == str(reference):
             continue
-        rng = _category_seed(seed, f"{cat}-{label}")
         if median_of is not None:
-            delta, p = median_change(groups, str(cat), members, aggregate, n_boot, rng)
+            point, resampled = draws[str(cat)]
+            delta, p = point - median_point, _two_sided(resampled - median_draws, n_boot)
         else:
-            delta, p = specific_change(g, ref, aggregate, n_boot, rng)
+            delta, p = specific_change(g, ref, aggregate, n_boot, _category_seed(seed, f"{cat}-{label}"))
         significant = bool(not math.isnan(p) and p < alpha)
         affected = bool(significant and abs(delta) >= threshold)
         out.loc[i, ["delta", "p_value", "significant", "affected", "direction"]] = [
@@ -296,22 +302,15 @@ def _change_draws(
     return float(d.mean()), d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
 
 
-def median_change(
-    groups: Mapping[str, pd.DataFrame],
-    cat: str,
-    members: Sequence[str],
-    aggregate: bool,
-    n_boot: int,
-    rng: np.random.Generator,
-) -> tuple[float, float]:
-    """``(delta_c − median_m delta_m, two-sided p)``: a category's change beyond the median change
-    of ``members`` (the categories outside the target). Every group is resampled independently
-    (:func:`_change_draws`) and the median is recomputed in each resample; ``cat`` uses the same
-    resample for its own change and its place among the members."""
-    draws = {c: _change_draws(groups[c], aggregate, n_boot, rng) for c in dict.fromkeys([*members, cat])}
-    point = draws[cat][0] - float(np.median([draws[c][0] for c in members]))
-    resampled = draws[cat][1] - np.median(np.column_stack([draws[c][1] for c in members]), axis=1)
-    return point, _two_sided(resampled, n_boot)
+def median_reference(
+    draws: Mapping[str, tuple[float, np.ndarray]], members: Sequence[str]
+) -> tuple[float, np.ndarray]:
+    """The median change of ``members`` and its value in each resample, from each group's
+    ``(change, resampled changes)`` (:func:`_change_draws`, every group resampled independently).
+    A category's change beyond it is tested on the difference in the same resamples, so a member
+    enters its own reference consistently."""
+    point = float(np.median([draws[c][0] for c in members]))
+    return point, np.median(np.column_stack([draws[c][1] for c in members]), axis=1)
 
 
 def specific_change(
