@@ -133,6 +133,16 @@ def test_the_general_control_gets_its_own_sample_size(gcide_cfg: dict) -> None:
         benchmark.build_items(gcide_cfg, ["biology"], n_per_category=1, n_general=0)
 
 
+def test_a_category_smaller_than_asked_keeps_all_its_items_and_says_so(
+    gcide_cfg: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING"):
+        items = benchmark.build_items(gcide_cfg, ["law"], n_per_category=5, n_general=2)
+    assert items["category"].value_counts().to_dict() == {"law": 2, "general": 2}
+    assert "'law' has 2 eligible senses, fewer than the 5 asked for" in caplog.text
+    assert "'general' has 2 eligible" not in caplog.text
+
+
 def test_build_items_rejects_unknown_category(gcide_cfg: dict) -> None:
     with pytest.raises(ValueError, match="unknown categories"):
         benchmark.build_items(gcide_cfg, ["astrology"], n_per_category=2)

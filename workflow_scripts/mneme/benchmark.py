@@ -133,6 +133,13 @@ def build_items(
             log.warning("category %r has no eligible sense in the %r part", category, part)
             continue
         n = n_general if category == general and n_general is not None else n_per_category
+        if len(pool) < n:
+            log.warning(
+                "category %r has %d eligible senses, fewer than the %d asked for: all are used",
+                category,
+                len(pool),
+                n,
+            )
         picked = sorted(pool, key=lambda d: (_stable_int(seed, d["item_id"]), d["item_id"]))[:n]
         headwords = sorted({d["headword"] for d in pool})  # one per lower-cased headword already
         for item in sorted(picked, key=lambda d: d["item_id"]):
