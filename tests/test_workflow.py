@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,26 @@ def test_evaluation_output(workflow):
     assert {"provenance", "contexts", "explanations"} == set(grid["route"])
     diff = pd.read_parquet(workdir / "results/tiny/activation_diff.parquet")
     assert {"general", "law"} <= set(diff["category"]) and (diff["mean_rel_diff"] > 0).all()
+
+
+def test_suite_tables_script_reads_the_run(workflow):
+    """benchmarks/suite_tables.py (the README's tables) is a view of the workflow's files."""
+    workdir, _ = workflow
+    script = REPO / "benchmarks" / "suite_tables.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--results", str(workdir / "results")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads((workdir / "results/tiny/evaluation.json").read_text())
+    side = result["predictors"]["mneme"]["metrics"]["side_effects"]
+    per_pair = out.split("## Per pair, side effects", 1)[1]
+    prov = next(line for line in per_pair.splitlines() if line.startswith("| mneme, provenance route |"))
+    f1 = "n/a" if side["f1"] is None else f"{side['f1']:.2f}"
+    auroc = "n/a" if side["auroc"] is None else f"{side['auroc']:.2f}"
+    assert prov == f"| mneme, provenance route | {f1} / {auroc} |"
+    assert "| tiny | biology (" in out and "truth, split half (noise ceiling)" in out
 
 
 def test_report_has_every_section(workflow):

@@ -273,6 +273,13 @@ def test_suite_table_and_sensitivity():
     assert mine.loc["mean", "auroc"] == pytest.approx(mine.loc[["a", "b"], "auroc"].mean())
     assert mine.loc["mean", "n_pairs"] == 2 and mine.loc["mean_holdout", "n_pairs"] == 1
     assert mine.loc["mean_holdout", "auroc"] == pytest.approx(mine.loc["c", "auroc"])
+    assert mine["group"].to_dict() == {
+        "a": "dev",
+        "b": "dev",
+        "c": "holdout",
+        "mean": "dev",
+        "mean_holdout": "holdout",
+    }
     assert set(suite_table(evaluations)["pair"]) == {"a", "b", "c", "mean"}
     settings = {"z_pred": (1.0, 100.0), "z_cap": (10.0,), "min_contexts": (1, 100)}
     both = sensitivity(

@@ -39,17 +39,18 @@ def groups(pairs: Sequence[str], holdout: Sequence[str] = ()) -> dict[str, list[
 
 
 def suite_table(evaluations: Mapping[str, Mapping[str, Any]], holdout: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per (pair, predictor, scope) with every metric, then the mean over the development
-    pairs per (predictor, scope) as pair ``mean`` and over the ``holdout`` pairs as
-    ``mean_holdout``. An undefined value is left out of a mean; F1 is undefined only for a pair
+    """One row per (pair, predictor, scope) with every metric and the pair's ``group`` (``dev`` or
+    ``holdout``), then the mean over the development pairs per (predictor, scope) as pair ``mean``
+    and over the ``holdout`` pairs as ``mean_holdout``. An undefined value is left out of a mean; F1 is undefined only for a pair
     with nothing to find and nothing predicted, and ``n_pairs_f1`` says over how many pairs the
     mean F1 was taken."""
     rows = []
     for pair, ev in evaluations.items():
+        group = "holdout" if pair in holdout else "dev"
         for name, p in ev["predictors"].items():
             for scope in SCOPES:
                 m = p["metrics"][scope]
-                row = {"pair": pair, "predictor": name, "uses": p["uses"], "scope": scope}
+                row = {"pair": pair, "group": group, "predictor": name, "uses": p["uses"], "scope": scope}
                 row |= {k: m.get(k) for k in METRICS}
                 row["direction_accuracy"] = p["metrics"]["direction"]["accuracy"] if scope == "all" else None
                 row["tp"], row["fp"], row["fn"], row["tn"] = (m.get(k) for k in ("tp", "fp", "fn", "tn"))
@@ -68,7 +69,7 @@ def suite_table(evaluations: Mapping[str, Mapping[str, Any]], holdout: Sequence[
         means = means.rename(columns={"pair": "n_pairs"})
         means["n_pairs_f1"] = sub.groupby(["predictor", "scope"], sort=False)["f1"].count()
         means = means.reset_index()
-        means["pair"] = MEAN[group]
+        means["pair"], means["group"] = MEAN[group], group
         parts.append(means)
     return pd.concat(parts, ignore_index=True)
 

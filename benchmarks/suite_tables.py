@@ -1,0 +1,140 @@
+"""The README's suite tables, in Markdown, from a finished suite run.
+
+    python benchmarks/suite_tables.py [--results results]
+
+Reads ``results/suite.tsv`` (the ``suite`` rule) and ``results/{pair}/evaluation.json`` of every
+pair in it, and prints: per pair, the target and the side effects the benchmark measured beside
+what mneme and the activation-difference baseline predict; every predictor's mean scores over
+the development and the held-out pairs; and each pair's side-effect F1 / AUROC. Nothing is
+computed here that the workflow did not write: the tables are a view of its files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+# display order and names of the predictors (suite.tsv's ``predictor`` column)
+NAMES = {
+    "mneme_provenance": "mneme, provenance route",
+    "mneme_contexts": "mneme, contexts route",
+    "mneme_explanations": "mneme, explanations route",
+    "activation_diff": "activation difference",
+    "decoder_norm_only": "decoder-norm only",
+    "provenance_only": "provenance only (F13 count)",
+    "all_positive": "all positive",
+    "random_at_prevalence": "random at prevalence (expected)",
+    "oracle": "oracle",
+    "truth_split_half": "truth, split half (noise ceiling)",
+}
+MEANS = ("mean", "mean_holdout")
+
+
+def fmt(x: object) -> str:
+    return "n/a" if x is None or pd.isna(x) else f"{float(x):.2f}"
+
+
+def md(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def predicted(ev: dict, name: str) -> str:
+    table = ev["predictors"][name]["per_category"]
+    return ", ".join(sorted(r["category"] for r in table if r["predicted"])) or "none"
+
+
+def pair_table(suite: pd.DataFrame, results: Path) -> str:
+    holdout = set(suite.loc[suite["group"] == "holdout", "pair"])
+    rows = []
+    for pair in _pairs(suite):
+        ev = json.loads((results / pair / "evaluation.json").read_text())
+        gt = {r["category"]: r for r in ev["ground_truth"]}
+        target = ", ".join(f"{t} ({gt[t]['delta']:+.2f})" for t in ev["target"] if t in gt)
+        side = [r for c, r in gt.items() if c not in ev["target"] and r["affected"]]
+        effects = ", ".join(
+            f"{r['category']} {r['delta']:+.2f}" for r in sorted(side, key=lambda r: r["delta"])
+        )
+        label = f"{pair} (held out)" if pair in holdout else pair
+        rows.append(
+            [label, target, effects or "none", predicted(ev, "mneme"), predicted(ev, "activation_diff")]
+        )
+    return md(
+        [
+            "pair",
+            "target (change)",
+            "side effects measured",
+            "mneme predicts",
+            "activation difference predicts",
+        ],
+        rows,
+    )
+
+
+def _pairs(suite: pd.DataFrame) -> list[str]:
+    return [p for p in dict.fromkeys(suite["pair"]) if p not in MEANS]
+
+
+def scores_table(suite: pd.DataFrame) -> str:
+    def get(pair: str, name: str, scope: str, metric: str) -> object:
+        row = suite[(suite["pair"] == pair) & (suite["predictor"] == name) & (suite["scope"] == scope)]
+        return row[metric].iloc[0] if len(row) else None
+
+    groups = [m for m in MEANS if (suite["pair"] == m).any()]
+    header = ["predictor", "uses"]
+    for g in groups:
+        header += [
+            f"side-effect F1, {g}",
+            f"side-effect AUROC, {g}",
+            f"accuracy (all), {g}",
+            f"direction accuracy, {g}",
+        ]
+    rows = []
+    for name, label in NAMES.items():
+        if not (suite["predictor"] == name).any():
+            continue
+        uses = suite.loc[suite["predictor"] == name, "uses"].iloc[0]
+        row = [label, str(uses)]
+        for g in groups:
+            row += [fmt(get(g, name, "side_effects", m)) for m in ("f1", "auroc")]
+            row += [fmt(get(g, name, "all", "accuracy")), fmt(get(g, name, "all", "direction_accuracy"))]
+        rows.append(row)
+    return md(header, rows)
+
+
+def per_pair_table(suite: pd.DataFrame) -> str:
+    side = suite[suite["scope"] == "side_effects"]
+    pairs = _pairs(suite)
+    rows = []
+    for name, label in NAMES.items():
+        sub = side[side["predictor"] == name].set_index("pair")
+        if sub.empty:
+            continue
+        rows.append(
+            [label]
+            + [
+                f"{fmt(sub.at[p, 'f1'])} / {fmt(sub.at[p, 'auroc'])}" if p in sub.index else "n/a"
+                for p in pairs
+            ]
+        )
+    return md(["side-effect F1 / AUROC"] + pairs, rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    args = ap.parse_args()
+    suite = pd.read_csv(args.results / "suite.tsv", sep="\t")
+    for title, text in (
+        ("Per pair", pair_table(suite, args.results)),
+        ("Scores (means over the pairs of each group)", scores_table(suite)),
+        ("Per pair, side effects", per_pair_table(suite)),
+    ):
+        print(f"## {title}\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
