@@ -66,6 +66,7 @@ rule suite:
         # the configured value of each setting of the sensitivity grid (its row is marked)
         defaults={
             "z_pred": config["evaluate"]["z_pred"],
+            "membership": config["evaluate"]["membership"],
             "z_cap": config["attribution"]["z_cap"],
             "min_contexts": config["attribution"]["min_contexts"],
         },

@@ -100,6 +100,51 @@ def test_planted_categories_are_found_with_their_mass_spread():
     assert set(two["category"]) >= {"biology", "chemistry"}
 
 
+def test_lift_membership_matches_a_direct_reference():
+    rng = np.random.default_rng(4)
+    cats = ["a", "b", "general"]
+    mass = pd.DataFrame(rng.uniform(0, 5, size=(6, 3)), columns=cats, index=pd.Index(range(6), name="latent"))
+    mass.iloc[5] = 0.0  # a latent with no mass at all
+    prior = pd.Series({"a": 0.2, "b": 0.05, "general": 0.75})
+    got = pr.lift_membership(mass, prior)
+    for j in range(6):
+        total = mass.loc[j].sum()
+        for c in cats:
+            lift = mass.loc[j, c] / total / prior[c] if total else 0.0
+            assert got.loc[j, c] == pytest.approx(mass.loc[j, c] * max(0.0, lift - 1.0))
+    # a latent spread exactly like the corpus is evidence for no category
+    dense = pd.DataFrame([prior.to_numpy() * 80.0], columns=cats, index=pd.Index([0], name="latent"))
+    assert (pr.lift_membership(dense, prior).to_numpy() == 0).all()
+    # a category the prior does not know gets no membership
+    assert (pr.lift_membership(mass.assign(c=1.0), prior)["c"] == 0).all()
+
+
+def test_lift_membership_ignores_a_changed_dense_latent():
+    """A dense latent (mass spread like the corpus) that changed a lot is evidence for no
+    category. By raw mass it swamps every category's score and the reference alike, and the
+    planted biology effect is lost; by lift it has weight 0 everywhere and the scores are exactly
+    those without it."""
+    attribution, mass = planted_latents(seed=5)
+    prior = mass.groupby("category")["mass"].sum()
+    prior = prior / prior.sum()
+    n = len(attribution)
+    dense = pd.DataFrame({"latent": n, "category": prior.index, "mass": prior.to_numpy() * 1e4})
+    extra = attribution.iloc[[0]].assign(latent=n, strength=10.0, log_change=10.0)
+    with_dense = pd.concat([attribution, extra], ignore_index=True)
+
+    def scores(attr: pd.DataFrame, m: pd.DataFrame, weight: str) -> pd.DataFrame:
+        member = pr.membership_from_long(m, "mass")
+        member = pr.lift_membership(member, prior) if weight == "lift" else member
+        return pr.category_scores(pr.eligible_change(attr), member, CATS + ["general"]).set_index("category")
+
+    both = pd.concat([mass, dense], ignore_index=True)
+    assert scores(attribution, mass, "mass").loc["biology", "predicted"]
+    assert not scores(with_dense, both, "mass").loc["biology", "predicted"]
+    lift_without, lift_with = scores(attribution, mass, "lift"), scores(with_dense, both, "lift")
+    pd.testing.assert_frame_equal(lift_with, lift_without)
+    assert lift_with.loc["biology", "predicted"] and not lift_with.loc["law", "predicted"]
+
+
 def test_direction_of_a_planted_strengthening():
     attribution, mass = planted_latents(seed=3)
     attribution["effect"] = np.where(attribution["direction"] == "amplified", 1, 0)
@@ -281,17 +326,28 @@ def test_suite_table_and_sensitivity():
         "mean_holdout": "holdout",
     }
     assert set(suite_table(evaluations)["pair"]) == {"a", "b", "c", "mean"}
-    settings = {"z_pred": (1.0, 100.0), "z_cap": (10.0,), "min_contexts": (1, 100)}
-    both = sensitivity(
-        pairs, settings, holdout=["c"], defaults={"z_pred": 1, "z_cap": 10, "min_contexts": 100}
-    )
+    settings = {
+        "z_pred": (1.0, 100.0),
+        "z_cap": (10.0,),
+        "min_contexts": (1, 100),
+        "membership": ("mass", "lift"),
+    }
+    defaults = {"z_pred": 1, "z_cap": 10, "min_contexts": 100, "membership": "mass"}
+    both = sensitivity(pairs, settings, holdout=["c"], defaults=defaults)
     assert both.groupby("group")["n_pairs"].max().to_dict() == {"dev": 2, "holdout": 1}
     marked = both[both["default"]]
     assert len(marked) == 6 and set(marked["z_pred"]) == {1.0} and set(marked["min_contexts"]) == {100}
+    assert set(marked["membership"]) == {"mass"}
     del pairs["c"]
     grid = sensitivity(pairs, settings)
-    assert set(grid["route"]) == {"provenance", "contexts", "explanations"} and len(grid) == 12
+    assert set(grid["route"]) == {"provenance", "contexts", "explanations"} and len(grid) == 24
     assert set(grid["group"]) == {"dev"}
+    # the membership weight is the provenance route's only: the other routes do not move with it
+    ctx = grid[grid["route"] == "contexts"].set_index(["z_pred", "min_contexts", "membership"])
+    assert ctx.xs("mass", level="membership")["side_effect_auroc"].equals(
+        ctx.xs("lift", level="membership")["side_effect_auroc"]
+    )
+    grid = grid[grid["membership"] == "mass"]
     prov = grid[grid["route"] == "provenance"].set_index(["z_pred", "min_contexts"])
     assert prov.loc[(1.0, 1), "side_effect_f1"] == pytest.approx(1.0)
     assert prov.loc[(100.0, 1), "side_effect_f1"] == 0.0  # nothing predicted, a chemistry miss

@@ -677,18 +677,25 @@ def predictor_tables(
     general_category: str = "general",
     z_pred: float = 3.0,
     min_latents: int = 1,
+    membership: str = "mass",
 ) -> dict[str, pd.DataFrame]:
     """Every predictor's per-category table (``category, predicted, score, direction, ...``), from
     the pair's own files only: mneme's routes (those whose inputs are given) and the baselines
-    that are not constant. See :mod:`mneme.prediction` for the routes."""
+    that are not constant. See :mod:`mneme.prediction` for the routes; ``membership`` (``mass``
+    or ``lift``) is the provenance route's latent-to-category weight."""
     from mneme import prediction as pr
 
+    if membership not in pr.MEMBERSHIPS:
+        raise ValueError(f"evaluate.membership must be one of {pr.MEMBERSHIPS}, got {membership!r}")
     cats = list(categories)
     every = cats + [general_category]
     change = pr.eligible_change(attribution)
     effect = pd.Series(attribution["effect"].to_numpy(), index=attribution["latent"].to_numpy(int))
+    prior = activation_diff.set_index(activation_diff["category"].astype(str))["n_tokens"].astype(float)
+    prior = prior / prior.sum()
     mass = pr.membership_from_long(category_mass, "mass")
-    out = {"mneme_provenance": pr.category_scores(change, mass, every, effect=effect, z_pred=z_pred)}
+    provenance = pr.lift_membership(mass, prior) if membership == "lift" else mass
+    out = {"mneme_provenance": pr.category_scores(change, provenance, every, effect=effect, z_pred=z_pred)}
     if context_membership is not None and len(context_membership):
         member = pr.membership_from_long(context_membership, "weight")
         out["mneme_contexts"] = pr.category_scores(change, member, every, effect=effect, z_pred=z_pred)
@@ -702,8 +709,6 @@ def predictor_tables(
     out["activation_diff"] = pr.activation_diff_scores(activation_diff, cats, general_category)
     dn = pr.category_scores(pr.decoder_norm_change(attribution), mass, every, z_pred=z_pred)
     out["decoder_norm_only"] = dn[dn["category"].isin(cats)].reset_index(drop=True)
-    prior = activation_diff.set_index(activation_diff["category"].astype(str))["n_tokens"].astype(float)
-    prior = prior / prior.sum()
     prov = provenance_lift_labels(category_mass, prior)
     flagged = attribution[attribution["direction"].isin(FLAGGED)]
     table = pd.DataFrame(
@@ -762,6 +767,7 @@ def evaluate_pair(
     route: str = "provenance",
     z_pred: float = 3.0,
     min_latents: int = 1,
+    membership: str = "mass",
     general_category: str = "general",
     seed: int = 0,
     n_splits: int = 50,
@@ -805,6 +811,7 @@ def evaluate_pair(
         general_category=general_category,
         z_pred=z_pred,
         min_latents=min_latents,
+        membership=membership,
     )
     key = f"mneme_{route}"
     if key not in tables:
@@ -849,6 +856,7 @@ def evaluate_pair(
         "route": route,
         "z_pred": z_pred,
         "min_latents": min_latents,
+        "membership": membership,
         "general_category": general_category,
         "seed": seed,
         "n_splits": n_splits,

@@ -6,7 +6,8 @@ strength (:mod:`mneme.attribution`: the capped robust z of its log beta ratio) a
 ``w_jc >= 0`` comes from one of three *routes*:
 
 - ``provenance`` (needs corpus labels): ``w_jc`` = the latent's activation mass on the tokens of
-  category ``c``'s documents. Then ``S_c`` below is the activation-weighted mean change of the
+  category ``c``'s documents (``evaluate.membership: mass``), or that mass times the latent's
+  excess lift over the category's corpus share (``lift``, :func:`lift_membership`). Then ``S_c`` below is the activation-weighted mean change of the
   features active on ``c``'s text, the latent-space form of the activation-difference lens. Every
   category of a latent counts, in proportion (a latent spanning biology and chemistry is evidence
   for both), and big categories do not win by size: ``S_c`` is a mean, not a sum.
@@ -40,6 +41,8 @@ from mneme.category_file import NONE_LABEL
 from mneme.contracts import NO_CATEGORY
 
 ROUTES = ("provenance", "contexts", "explanations")
+# the provenance route's latent-to-category weight (evaluate.membership): raw mass, or lift-weighted
+MEMBERSHIPS = ("mass", "lift")
 # what each route needs, as the report and the tables label it
 ROUTE_USES = {
     "provenance": "corpus labels",
@@ -59,6 +62,21 @@ def membership_from_long(
     if latents is not None:
         wide = wide.reindex(pd.Index(latents, name="latent"), fill_value=0.0)
     return wide.astype(float)
+
+
+def lift_membership(mass: pd.DataFrame, prior: pd.Series) -> pd.DataFrame:
+    """The provenance membership weighted by how specific a latent is to each category:
+    ``w_jc = m_jc * max(0, s_jc / p_c - 1)`` with ``s_jc`` the latent's share of its mass on ``c``
+    and ``p_c`` the category's share of the corpus tokens (``prior``, by category).
+
+    Why: a latent active everywhere in proportion to the corpus (a dense, format or position
+    feature) has lift 1 on every category and is evidence for none, yet by raw mass it weighs on
+    every category's score, most on the categories with few specific latents of their own.
+    Categories missing from ``prior`` get no membership."""
+    share = mass.div(mass.sum(axis=1).replace(0.0, np.nan), axis=0).fillna(0.0)
+    p = prior.reindex(mass.columns).astype(float)
+    lift = share.div(p.where(p > 0), axis=1).fillna(0.0)
+    return mass * (lift - 1.0).clip(lower=0.0)
 
 
 def single_label_membership(labels: pd.Series) -> pd.DataFrame:

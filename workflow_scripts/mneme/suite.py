@@ -4,7 +4,7 @@ A prediction rule is judged on several organisms, never one. :func:`suite_table`
 predictor's metrics of every pair in one long table with the mean over pairs beside them;
 :func:`sensitivity` re-runs the decision of mneme's routes over a small grid of its settings
 (the strength cap and minimum number of contexts of the attribution, the z of the category
-decision) on the pairs' own files, and reports the mean side-effect F1 and AUROC per setting, so
+decision, the provenance route's membership weight) on the pairs' own files, and reports the mean side-effect F1 and AUROC per setting, so
 a reader can see whether the defaults sit on a plateau or on a peak.
 
 Pairs marked ``holdout`` are kept out of both: their mean is reported apart (pair
@@ -26,7 +26,12 @@ from mneme.evaluation import predictor_tables, score_predictor
 
 SCOPES = ("side_effects", "all")
 METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "spearman")
-GRID = {"z_pred": (1.0, 2.0, 3.0, 5.0, 8.0), "z_cap": (5.0, 10.0, 1e9), "min_contexts": (1, 5, 20)}
+GRID = {
+    "z_pred": (1.0, 2.0, 3.0, 5.0, 8.0),
+    "z_cap": (5.0, 10.0, 1e9),
+    "min_contexts": (1, 5, 20),
+    "membership": ("mass", "lift"),
+}
 
 
 MEAN = {"dev": "mean", "holdout": "mean_holdout"}
@@ -114,15 +119,25 @@ def sensitivity(
     ]
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if defaults is not None and not out.empty:
-        out["default"] = np.logical_and.reduce([np.isclose(out[k], float(v)) for k, v in defaults.items()])
+        out["default"] = np.logical_and.reduce([_is(out[k], v) for k, v in defaults.items()])
     return out
+
+
+def _is(column: pd.Series, value: Any) -> np.ndarray:
+    """Rows of a grid column equal to a setting: numbers up to rounding, names exactly."""
+    if isinstance(value, str):
+        return (column.astype(str) == value).to_numpy()
+    return np.isclose(column.astype(float), float(value))
 
 
 def _sensitivity(
     pairs: Mapping[str, Mapping[str, Any]], grid: Mapping[str, Sequence[float]], general_category: str
 ) -> pd.DataFrame:
     rows = []
-    for z_pred, z_cap, min_ctx in itertools.product(grid["z_pred"], grid["z_cap"], grid["min_contexts"]):
+    settings = itertools.product(
+        grid["z_pred"], grid["z_cap"], grid["min_contexts"], grid.get("membership", ("mass",))
+    )
+    for z_pred, z_cap, min_ctx, membership in settings:
         scores: dict[str, list[dict[str, Any]]] = {}
         for inputs in pairs.values():
             ev = inputs["evaluation"]
@@ -136,6 +151,7 @@ def _sensitivity(
                 context_membership=inputs.get("context_membership"),
                 general_category=general_category,
                 z_pred=z_pred,
+                membership=membership,
             )
             for name, table in tables.items():
                 if name.startswith("mneme_"):
@@ -147,6 +163,7 @@ def _sensitivity(
                     "z_pred": z_pred,
                     "z_cap": z_cap,
                     "min_contexts": int(min_ctx),
+                    "membership": membership,
                     "side_effect_f1": _mean(m["side_effects"]["f1"] for m in ms),
                     "side_effect_auroc": _mean(m["side_effects"]["auroc"] for m in ms),
                     "accuracy": _mean(m["all"]["accuracy"] for m in ms),
