@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
+
+from mneme.suite import MEAN  # noqa: E402 (the mean rows' pair names)
 
 # display order and names of the predictors (suite.tsv's ``predictor`` column)
 NAMES = {
@@ -30,7 +35,7 @@ NAMES = {
     "oracle": "oracle",
     "truth_split_half": "truth, split half (noise ceiling)",
 }
-MEANS = ("mean", "mean_holdout")
+MEANS = tuple(MEAN.values())
 
 
 def fmt(x: object) -> str:
