@@ -67,6 +67,7 @@ rule suite:
         defaults={
             "z_pred": config["evaluate"]["z_pred"],
             "membership": config["evaluate"]["membership"],
+            "reference": config["evaluate"]["reference"],
             "z_cap": config["attribution"]["z_cap"],
             "min_contexts": config["attribution"]["min_contexts"],
         },

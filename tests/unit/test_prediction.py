@@ -55,19 +55,26 @@ def planted_latents(seed: int = 0, n: int = 400):
     return attribution, mass
 
 
-def reference_scores(change: dict[int, float], weights: dict[tuple[int, str], float], cats):
-    """Straightforward loops: S_c, S_ref, the u-weighted variance, n_eff and z (module doc)."""
+def reference_scores(change: dict[int, float], weights: dict[tuple[int, str], float], cats, against=None):
+    """Straightforward loops: S_c, S_ref, the u-weighted variance, n_eff and z (module doc);
+    ``against`` names the category whose mean is the reference (a difference of two means)."""
     u = {j: sum(w for (k, _), w in weights.items() if k == j) for j in change}
     total = sum(u.values())
-    ref = sum(u[j] * change[j] for j in change) / total
-    var = sum(u[j] * (change[j] - ref) ** 2 for j in change) / total
-    out = {}
-    for c in cats:
+    mean = sum(u[j] * change[j] for j in change) / total
+    var = sum(u[j] * (change[j] - mean) ** 2 for j in change) / total
+
+    def mean_and_n_eff(c):
         wc = {j: weights.get((j, c), 0.0) for j in change}
         sw = sum(wc.values())
-        s_c = sum(wc[j] * change[j] for j in change) / sw
-        n_eff = sw**2 / sum(w * w for w in wc.values())
-        out[c] = (s_c - ref) / np.sqrt(var / n_eff)
+        return sum(wc[j] * change[j] for j in change) / sw, sw**2 / sum(w * w for w in wc.values())
+
+    ref, ref_var = (
+        (mean, 0.0) if against is None else (mean_and_n_eff(against)[0], var / mean_and_n_eff(against)[1])
+    )
+    out = {}
+    for c in cats:
+        s_c, n_eff = mean_and_n_eff(c)
+        out[c] = (s_c - ref) / np.sqrt(var / n_eff + ref_var)
     return out
 
 
@@ -82,6 +89,45 @@ def test_category_scores_match_reference():
     for c in ("a", "b", "c"):
         assert got.loc[c, "score"] == pytest.approx(ref[c])
     assert np.isnan(got.loc["d", "score"]) and not got.loc["d", "predicted"]
+    member = pr.membership_from_long(long, "w")
+    got = pr.category_scores(pd.Series(change), member, ["a", "b"], reference="c").set_index("category")
+    ref = reference_scores(change, weights, ["a", "b"], against="c")
+    assert got["score"].to_dict() == pytest.approx(ref)
+    # a reference with no membership leaves nothing to compare with: no score, no prediction
+    none = pr.category_scores(pd.Series(change), member, ["a", "b"], reference="d")
+    assert none["score"].isna().all() and not none["predicted"].any()
+
+
+def test_general_reference_finds_the_neighbour_the_corpus_mean_hides():
+    """A strongly changed target with many latents pulls the corpus mean above a neighbour that
+    changed too: against the corpus mean the neighbour is ordinary, against the latents of
+    general text (which did not change) it stands out."""
+    rng = np.random.default_rng(7)
+    n = 600
+    home = np.array(["biology"] * 250 + ["chemistry"] * 50 + ["law"] * 50 + ["general"] * 250)
+    change = pd.Series(np.abs(rng.normal(0, 1, n)) + np.where(home == "biology", 8.0, 0.0))
+    change[home == "chemistry"] += 1.5
+    long = pd.DataFrame({"latent": np.arange(n), "category": home, "mass": rng.uniform(5, 50, n)})
+    member = pr.membership_from_long(long, "mass")
+    cats = ["biology", "chemistry", "law"]
+    # the target's spread is part of the permutation variance too, so its neighbour's z is modest
+    corpus = pr.category_scores(change, member, cats, z_pred=2.0).set_index("category")
+    general = pr.category_scores(change, member, cats, z_pred=2.0, reference="general").set_index("category")
+    assert corpus.loc["biology", "predicted"] and not corpus.loc["chemistry", "predicted"]
+    assert corpus.loc["chemistry", "score"] < 0
+    assert general.loc["biology", "predicted"] and general.loc["chemistry", "predicted"]
+    assert not general.loc["law", "predicted"]
+
+
+def test_with_unassigned_is_the_label_free_general_reference():
+    m = pd.DataFrame(
+        {"law": [1.0, 0.0, 0.0], "music": [0.0, 0.5, 0.0]}, index=pd.Index([3, 4, 5], name="latent")
+    )
+    got = pr.with_unassigned(m, "general")
+    assert got["general"].to_dict() == {3: 0.0, 4: 0.0, 5: 1.0}
+    assert got[["law", "music"]].equals(m)
+    own = m.assign(general=[0.2, 0.0, 0.0])
+    assert pr.with_unassigned(own, "general").equals(own)
 
 
 def test_planted_categories_are_found_with_their_mass_spread():
@@ -333,6 +379,16 @@ def test_suite_table_and_sensitivity():
         "membership": ("mass", "lift"),
     }
     defaults = {"z_pred": 1, "z_cap": 10, "min_contexts": 100, "membership": "mass"}
+    with_ref = sensitivity({"a": pairs["a"]}, {**settings, "reference": ("corpus", "general")})
+    assert len(with_ref) == 2 * 24 and set(with_ref["reference"]) == {"corpus", "general"}
+    # the reference moves the decision, never the ranking within a route's scores by much, and it
+    # is every route's setting: the rows differ between the two references
+    corpus, general = (
+        with_ref[with_ref["reference"] == r].reset_index(drop=True) for r in ("corpus", "general")
+    )
+    assert not corpus["side_effect_f1"].equals(general["side_effect_f1"]) or not corpus["accuracy"].equals(
+        general["accuracy"]
+    )
     both = sensitivity(pairs, settings, holdout=["c"], defaults=defaults)
     assert both.groupby("group")["n_pairs"].max().to_dict() == {"dev": 2, "holdout": 1}
     marked = both[both["default"]]

@@ -678,36 +678,47 @@ def predictor_tables(
     z_pred: float = 3.0,
     min_latents: int = 1,
     membership: str = "mass",
+    reference: str = "corpus",
 ) -> dict[str, pd.DataFrame]:
     """Every predictor's per-category table (``category, predicted, score, direction, ...``), from
     the pair's own files only: mneme's routes (those whose inputs are given) and the baselines
     that are not constant. See :mod:`mneme.prediction` for the routes; ``membership`` (``mass``
-    or ``lift``) is the provenance route's latent-to-category weight."""
+    or ``lift``) is the provenance route's latent-to-category weight, ``reference`` (``corpus`` or
+    ``general``) what a category's change is compared with, for every crosscoder predictor."""
     from mneme import prediction as pr
 
     if membership not in pr.MEMBERSHIPS:
         raise ValueError(f"evaluate.membership must be one of {pr.MEMBERSHIPS}, got {membership!r}")
+    if reference not in pr.REFERENCES:
+        raise ValueError(f"evaluate.reference must be one of {pr.REFERENCES}, got {reference!r}")
     cats = list(categories)
     every = cats + [general_category]
+    ref = general_category if reference == "general" else None
+
+    def scores(change: pd.Series, member: pd.DataFrame, label_free: bool = False, **kw) -> pd.DataFrame:
+        if label_free and ref is not None:
+            member = pr.with_unassigned(member.reindex(change.index, fill_value=0.0), ref)
+        return pr.category_scores(change, member, every, z_pred=z_pred, reference=ref, **kw)
+
     change = pr.eligible_change(attribution)
     effect = pd.Series(attribution["effect"].to_numpy(), index=attribution["latent"].to_numpy(int))
     prior = activation_diff.set_index(activation_diff["category"].astype(str))["n_tokens"].astype(float)
     prior = prior / prior.sum()
     mass = pr.membership_from_long(category_mass, "mass")
     provenance = pr.lift_membership(mass, prior) if membership == "lift" else mass
-    out = {"mneme_provenance": pr.category_scores(change, provenance, every, effect=effect, z_pred=z_pred)}
+    out = {"mneme_provenance": scores(change, provenance, effect=effect)}
     if context_membership is not None and len(context_membership):
         member = pr.membership_from_long(context_membership, "weight")
-        out["mneme_contexts"] = pr.category_scores(change, member, every, effect=effect, z_pred=z_pred)
+        out["mneme_contexts"] = scores(change, member, label_free=True, effect=effect)
     if labels is not None and len(labels):
         lab = labels.set_index(labels["latent"].astype(int))["category"]
         member = pr.single_label_membership(lab)
-        out["mneme_explanations"] = pr.category_scores(
-            change.reindex(member.index).dropna(), member, every, effect=effect, z_pred=z_pred
+        out["mneme_explanations"] = scores(
+            change.reindex(member.index).dropna(), member, label_free=True, effect=effect
         )
     out = {k: v[v["category"].isin(cats)].reset_index(drop=True) for k, v in out.items()}
     out["activation_diff"] = pr.activation_diff_scores(activation_diff, cats, general_category)
-    dn = pr.category_scores(pr.decoder_norm_change(attribution), mass, every, z_pred=z_pred)
+    dn = scores(pr.decoder_norm_change(attribution), mass)
     out["decoder_norm_only"] = dn[dn["category"].isin(cats)].reset_index(drop=True)
     prov = provenance_lift_labels(category_mass, prior)
     flagged = attribution[attribution["direction"].isin(FLAGGED)]
@@ -768,6 +779,7 @@ def evaluate_pair(
     z_pred: float = 3.0,
     min_latents: int = 1,
     membership: str = "mass",
+    reference: str = "corpus",
     general_category: str = "general",
     seed: int = 0,
     n_splits: int = 50,
@@ -812,6 +824,7 @@ def evaluate_pair(
         z_pred=z_pred,
         min_latents=min_latents,
         membership=membership,
+        reference=reference,
     )
     key = f"mneme_{route}"
     if key not in tables:
@@ -857,6 +870,7 @@ def evaluate_pair(
         "z_pred": z_pred,
         "min_latents": min_latents,
         "membership": membership,
+        "reference": reference,
         "general_category": general_category,
         "seed": seed,
         "n_splits": n_splits,

@@ -17,12 +17,24 @@ strength (:mod:`mneme.attribution`: the capped robust z of its log beta ratio) a
 - ``explanations`` (label-free, the paper's route): ``w_jc`` from the mapping of the latent's
   LLM explanation (categories.parquet); only explained latents have one.
 
-Score (:func:`category_scores`): ``S_c = sum_j w_jc c_j / sum_j w_jc`` against the reference
-``S_ref = sum_j u_j c_j / sum_j u_j`` with ``u_j = sum_c w_jc`` over every category (the general
-one included). The null is "change unrelated to membership": permuting the ``c_j`` over the
-latents gives ``Var(S_c) ~ var_u(c) / n_eff_c`` with ``n_eff_c = (sum_j w_jc)^2 / sum_j w_jc^2``, so
-``z_c = (S_c - S_ref) / sqrt(var_u(c) / n_eff_c)``. A category is predicted when ``z_c >= z_pred``.
-The latents that did not change make up most of the permutation population, so they are the null.
+Score (:func:`category_scores`): ``S_c = sum_j w_jc c_j / sum_j w_jc`` against a reference
+``S_ref`` (``evaluate.reference``):
+
+- ``corpus``: ``S_ref = sum_j u_j c_j / sum_j u_j`` with ``u_j = sum_c w_jc`` over every category
+  (the general one included), the mean change of the whole corpus's features. The target's own
+  latents are part of it and pull it up, so a neighbour of the target looks ordinary.
+- ``general``: ``S_ref = S_g``, the same mean over the general (untagged) category's membership:
+  "did this category's features move more than those of text that belongs to no category", the
+  question the activation-difference baseline asks of the raw activations. A label-free route
+  has no general category; its latents that the mapping gives no category stand in for it
+  (:func:`with_unassigned`).
+
+The null is "change unrelated to membership": permuting the ``c_j`` over the latents gives
+``Var(S_c) ~ var_u(c) / n_eff_c`` with ``n_eff_c = (sum_j w_jc)^2 / sum_j w_jc^2``, so
+``z_c = (S_c - S_ref) / sqrt(var_u(c) / n_eff_c)``, with ``var_u(c) / n_eff_g`` added under the
+variance for the ``general`` reference (a difference of two means). A category is predicted
+when ``z_c >= z_pred``. The latents that did not change make up most of the permutation
+population, so they are the null.
 
 Direction: each changed latent carries an effect ``e_j`` (``-1`` a lost base feature or a new
 direction with no base counterpart, ``+1`` a strengthened existing feature; see
@@ -43,6 +55,8 @@ from mneme.contracts import NO_CATEGORY
 ROUTES = ("provenance", "contexts", "explanations")
 # the provenance route's latent-to-category weight (evaluate.membership): raw mass, or lift-weighted
 MEMBERSHIPS = ("mass", "lift")
+# what a category's mean change is compared with (evaluate.reference); see the module docstring
+REFERENCES = ("corpus", "general")
 # what each route needs, as the report and the tables label it
 ROUTE_USES = {
     "provenance": "corpus labels",
@@ -79,6 +93,17 @@ def lift_membership(mass: pd.DataFrame, prior: pd.Series) -> pd.DataFrame:
     return mass * (lift - 1.0).clip(lower=0.0)
 
 
+def with_unassigned(membership: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``membership`` with a column ``name`` of weight 1 on the latents it gives no category: the
+    general reference of a label-free route (a latent the mapping cannot place is the label-free
+    counterpart of a feature of untagged text). An existing column ``name`` is kept as it is."""
+    if name in membership.columns:
+        return membership
+    out = membership.copy()
+    out[name] = (membership.sum(axis=1) <= 0).astype(float)
+    return out
+
+
 def single_label_membership(labels: pd.Series) -> pd.DataFrame:
     """Weight 1 on each latent's label (index: latent); ``none`` / NaN rows have no membership."""
     lab = labels.dropna().astype(str)
@@ -94,6 +119,7 @@ def category_scores(
     *,
     effect: pd.Series | None = None,
     z_pred: float = 3.0,
+    reference: str | None = None,
 ) -> pd.DataFrame:
     """Per category: ``score`` (z against the permutation null), ``lift`` (``S_c / S_ref - 1``),
     ``n_eff``, ``weight`` (``sum_j w_jc``), ``predicted``, ``direction`` and ``signed`` (the
@@ -101,7 +127,9 @@ def category_scores(
 
     ``change`` (index: latent) holds ``c_j`` for the eligible latents (NaN rows are dropped);
     ``membership`` is ``latent x category``; ``effect`` (index: latent) the ``e_j``, default 0.
-    A category without membership gets score NaN and is not predicted.
+    ``reference`` names the membership column whose mean change is ``S_ref`` (the ``general``
+    reference); ``None`` takes the corpus mean. A category without membership, or every
+    category when the reference has none, gets score NaN and is not predicted.
     """
     c = change.dropna().astype(float)
     w = membership.reindex(c.index, fill_value=0.0)
@@ -110,8 +138,12 @@ def category_scores(
     e = (effect.reindex(c.index).fillna(0).to_numpy(float)) if effect is not None else np.zeros(len(c))
     rows = []
     total = u.sum()
-    ref = float(u @ cv / total) if total > 0 else np.nan
-    var = float(u @ (cv - ref) ** 2 / total) if total > 0 else np.nan
+    mean = float(u @ cv / total) if total > 0 else np.nan
+    var = float(u @ (cv - mean) ** 2 / total) if total > 0 else np.nan
+    ref, ref_var = mean, 0.0
+    if reference is not None:
+        ref, n_eff_ref = _weighted_mean(w[reference].to_numpy() if reference in w.columns else None, cv)
+        ref_var = var / n_eff_ref
     for cat in categories:
         wc = w[cat].to_numpy() if cat in w.columns else np.zeros(len(c))
         sw = float(wc.sum())
@@ -120,7 +152,7 @@ def category_scores(
             continue
         s_c = float(wc @ cv / sw)
         n_eff = sw * sw / float(wc @ wc)
-        z = (s_c - ref) / np.sqrt(var / n_eff) if var > 0 else 0.0
+        z = (s_c - ref) / np.sqrt(var / n_eff + ref_var) if var > 0 else 0.0
         mass = wc * cv
         signed = float(mass @ e / mass.sum()) if mass.sum() > 0 else 0.0
         predicted = bool(z >= z_pred)
@@ -137,6 +169,14 @@ def category_scores(
             }
         )
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def _weighted_mean(weights: np.ndarray | None, values: np.ndarray) -> tuple[float, float]:
+    """``(sum_j w_j v_j / sum_j w_j, n_eff)``; ``(nan, nan)`` without weight."""
+    if weights is None or weights.sum() <= 0:
+        return np.nan, np.nan
+    sw = float(weights.sum())
+    return float(weights @ values / sw), sw * sw / float(weights @ weights)
 
 
 def eligible_change(attribution: pd.DataFrame, column: str = "strength") -> pd.Series:

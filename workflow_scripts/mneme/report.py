@@ -815,7 +815,7 @@ def section_prediction(pair: PairData) -> str:
     if per.empty or not {"category", "delta"} <= set(per):
         return na("evaluation.json has no per_category rows")
     cfg = ev.get("config", {})
-    keys = ("task", "threshold", "test", "alpha", "truth", "route", "membership", "z_pred")
+    keys = ("task", "threshold", "test", "alpha", "truth", "route", "membership", "reference", "z_pred")
     reference = per["reference"].dropna().astype(str).unique() if "reference" in per else []
     intro = kv_table(
         [(k, cfg.get(k)) for k in keys if k in cfg]
@@ -982,7 +982,8 @@ def section_suite(suite: pd.DataFrame | None, grid: pd.DataFrame | None) -> str:
             "<h4>Sensitivity of the mneme routes (mean over pairs)</h4>"
             '<p class="small">z_pred: the category decision; z_cap and min_contexts: the attribution '
             "(strength cap, contexts a latent needs); membership: the provenance route's weight of a "
-            "latent on a category (the other routes do not use it). The rows marked default are this "
+            "latent on a category (the other routes do not use it); reference: what a category's change is "
+            "compared with (the corpus mean or the general text's latents). The rows marked default are this "
             "run's settings.</p>"
             + table(
                 _records(grid),

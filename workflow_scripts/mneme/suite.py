@@ -4,7 +4,7 @@ A prediction rule is judged on several organisms, never one. :func:`suite_table`
 predictor's metrics of every pair in one long table with the mean over pairs beside them;
 :func:`sensitivity` re-runs the decision of mneme's routes over a small grid of its settings
 (the strength cap and minimum number of contexts of the attribution, the z of the category
-decision, the provenance route's membership weight) on the pairs' own files, and reports the mean side-effect F1 and AUROC per setting, so
+decision, the provenance route's membership weight, the reference a category is compared with) on the pairs' own files, and reports the mean side-effect F1 and AUROC per setting, so
 a reader can see whether the defaults sit on a plateau or on a peak.
 
 Pairs marked ``holdout`` are kept out of both: their mean is reported apart (pair
@@ -27,11 +27,14 @@ from mneme.evaluation import predictor_tables, score_predictor
 SCOPES = ("side_effects", "all")
 METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "spearman")
 GRID = {
-    "z_pred": (1.0, 2.0, 3.0, 5.0, 8.0),
+    "z_pred": (0.0, 1.0, 2.0, 3.0, 5.0, 8.0),
     "z_cap": (5.0, 10.0, 1e9),
     "min_contexts": (1, 5, 20),
     "membership": ("mass", "lift"),
+    "reference": ("corpus", "general"),
 }
+# the grid's settings of the decision itself (the others re-derive the attribution)
+DECISION = ("z_pred", "membership", "reference")
 
 
 MEAN = {"dev": "mean", "holdout": "mean_holdout"}
@@ -134,24 +137,26 @@ def _sensitivity(
     pairs: Mapping[str, Mapping[str, Any]], grid: Mapping[str, Sequence[float]], general_category: str
 ) -> pd.DataFrame:
     rows = []
-    settings = itertools.product(
-        grid["z_pred"], grid["z_cap"], grid["min_contexts"], grid.get("membership", ("mass",))
-    )
-    for z_pred, z_cap, min_ctx, membership in settings:
+    keys = [k for k in GRID if k in grid]
+    for values in itertools.product(*(grid[k] for k in keys)):
+        setting = dict(zip(keys, values))
+        decision = {k: setting[k] for k in DECISION if k in setting}
         scores: dict[str, list[dict[str, Any]]] = {}
         for inputs in pairs.values():
             ev = inputs["evaluation"]
             truth = pd.DataFrame(ev["ground_truth"])
+            attribution = _restrength(
+                inputs["attribution"], setting.get("z_cap", 1e9), int(setting.get("min_contexts", 1))
+            )
             tables = predictor_tables(
                 ev["categories"],
-                attribution=_restrength(inputs["attribution"], z_cap, int(min_ctx)),
+                attribution=attribution,
                 category_mass=inputs["category_mass"],
                 activation_diff=inputs["activation_diff"],
                 labels=inputs.get("labels"),
                 context_membership=inputs.get("context_membership"),
                 general_category=general_category,
-                z_pred=z_pred,
-                membership=membership,
+                **decision,
             )
             for name, table in tables.items():
                 if name.startswith("mneme_"):
@@ -160,10 +165,7 @@ def _sensitivity(
             rows.append(
                 {
                     "route": name.removeprefix("mneme_"),
-                    "z_pred": z_pred,
-                    "z_cap": z_cap,
-                    "min_contexts": int(min_ctx),
-                    "membership": membership,
+                    **setting,
                     "side_effect_f1": _mean(m["side_effects"]["f1"] for m in ms),
                     "side_effect_auroc": _mean(m["side_effects"]["auroc"] for m in ms),
                     "accuracy": _mean(m["all"]["accuracy"] for m in ms),
