@@ -27,7 +27,7 @@ def problems(cfg: dict) -> str:
 
 def test_default_config_is_valid_and_gets_defaults():
     cfg = validate_config(default_config(), SCHEMA, REPO)
-    assert cfg["activations"]["skip_first"] == 0
+    assert cfg["activations"]["skip_first"] == 1
     assert cfg["corpora"]["gcide-diffing"]["add_bos"] is True
     # defaults of other sources are not spilled into a spec
     assert "hidden_size" not in cfg["models"]["smollm2"]

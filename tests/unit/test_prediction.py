@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from mneme import evaluation as ev
 from mneme import prediction as pr
-from mneme.suite import sensitivity, suite_table
+from mneme.suite import _restrength, sensitivity, suite_table
 
 CATS = ["biology", "chemistry", "law", "music"]
 
@@ -117,17 +117,6 @@ def test_general_reference_finds_the_neighbour_the_corpus_mean_hides():
     assert corpus.loc["chemistry", "score"] < 0
     assert general.loc["biology", "predicted"] and general.loc["chemistry", "predicted"]
     assert not general.loc["law", "predicted"]
-
-
-def test_with_unassigned_is_the_label_free_general_reference():
-    m = pd.DataFrame(
-        {"law": [1.0, 0.0, 0.0], "music": [0.0, 0.5, 0.0]}, index=pd.Index([3, 4, 5], name="latent")
-    )
-    got = pr.with_unassigned(m, "general")
-    assert got["general"].to_dict() == {3: 0.0, 4: 0.0, 5: 1.0}
-    assert got[["law", "music"]].equals(m)
-    own = m.assign(general=[0.2, 0.0, 0.0])
-    assert pr.with_unassigned(own, "general").equals(own)
 
 
 def test_planted_categories_are_found_with_their_mass_spread():
@@ -381,14 +370,32 @@ def test_suite_table_and_sensitivity():
     defaults = {"z_pred": 1, "z_cap": 10, "min_contexts": 100, "membership": "mass"}
     with_ref = sensitivity({"a": pairs["a"]}, {**settings, "reference": ("corpus", "general")})
     assert len(with_ref) == 2 * 24 and set(with_ref["reference"]) == {"corpus", "general"}
-    # the reference moves the decision, never the ranking within a route's scores by much, and it
-    # is every route's setting: the rows differ between the two references
-    corpus, general = (
-        with_ref[with_ref["reference"] == r].reset_index(drop=True) for r in ("corpus", "general")
+    # the grid passes the reference to the decision: a row equals a direct evaluation with it
+    one = pairs["a"]
+    direct = ev.predictor_tables(
+        one["evaluation"]["categories"],
+        attribution=_restrength(one["attribution"], 1e9, 1),
+        category_mass=one["category_mass"],
+        activation_diff=one["activation_diff"],
+        z_pred=0.0,
+        reference="general",
+    )["mneme_provenance"]
+    want = ev.score_predictor(pd.DataFrame(one["evaluation"]["ground_truth"]), direct, ["biology"])
+    row = sensitivity(
+        {"a": one}, {"z_pred": (0.0,), "z_cap": (1e9,), "min_contexts": (1,), "reference": ("general",)}
     )
-    assert not corpus["side_effect_f1"].equals(general["side_effect_f1"]) or not corpus["accuracy"].equals(
-        general["accuracy"]
-    )
+    row = row[row["route"] == "provenance"].iloc[0]
+    assert row["side_effect_auroc"] == pytest.approx(want["side_effects"]["auroc"])
+    assert row["accuracy"] == pytest.approx(want["all"]["accuracy"])
+    # the label-free routes have no general text: the reference does not move them
+    for route in ("contexts", "explanations"):
+        by_ref = [
+            with_ref[(with_ref["route"] == route) & (with_ref["reference"] == r)]
+            for r in ("corpus", "general")
+        ]
+        assert by_ref[0]["side_effect_auroc"].to_numpy() == pytest.approx(
+            by_ref[1]["side_effect_auroc"].to_numpy()
+        )
     both = sensitivity(pairs, settings, holdout=["c"], defaults=defaults)
     assert both.groupby("group")["n_pairs"].max().to_dict() == {"dev": 2, "holdout": 1}
     marked = both[both["default"]]

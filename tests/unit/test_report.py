@@ -510,6 +510,36 @@ def test_rule_script(tmp_path):
     assert list(pd.read_csv(out / "summary.tsv", sep="\t")["pair"]) == ["p"]
 
 
+def test_sensitivity_table_varies_one_block_at_a_time():
+    rows = [
+        {
+            "route": route,
+            "z_pred": z,
+            "z_cap": cap,
+            "membership": mem,
+            "reference": ref,
+            "side_effect_f1": 0.1,
+        }
+        for route in ("provenance", "contexts")
+        for z in (1.0, 3.0)
+        for cap in (5.0, 10.0)
+        for mem in ("mass", "lift")
+        for ref in ("corpus", "general")
+    ]
+    grid = pd.DataFrame(rows)
+    mine = {"z_pred": 3.0, "z_cap": 10.0, "membership": "mass", "reference": "corpus"}
+    grid["default"] = np.logical_and.reduce([grid[k] == v for k, v in mine.items()])
+    got = report._one_at_a_time(grid)
+    expected = [
+        r
+        for r in rows
+        if (r["z_cap"] == 10.0 or (r["z_pred"], r["membership"], r["reference"]) == (3.0, "mass", "corpus"))
+        and (r["route"] == "provenance" or r["membership"] == "mass")
+    ]
+    assert got.drop(columns="default").to_dict("records") == expected
+    assert report._one_at_a_time(grid.drop(columns="default")).equals(grid.drop(columns="default"))
+
+
 @pytest.mark.skipif(not (REAL / "evaluation.json").is_file(), reason="no demo results in results/bio-rmu")
 def test_real_bio_rmu(tmp_path):
     c = REAL / "crosscoder"

@@ -684,7 +684,8 @@ def predictor_tables(
     the pair's own files only: mneme's routes (those whose inputs are given) and the baselines
     that are not constant. See :mod:`mneme.prediction` for the routes; ``membership`` (``mass``
     or ``lift``) is the provenance route's latent-to-category weight, ``reference`` (``corpus`` or
-    ``general``) what a category's change is compared with, for every crosscoder predictor."""
+    ``general``) what a category's change is compared with, for the predictors that read corpus
+    labels (the label-free routes always take the corpus mean)."""
     from mneme import prediction as pr
 
     if membership not in pr.MEMBERSHIPS:
@@ -696,9 +697,9 @@ def predictor_tables(
     ref = general_category if reference == "general" else None
 
     def scores(change: pd.Series, member: pd.DataFrame, label_free: bool = False, **kw) -> pd.DataFrame:
-        if label_free and ref is not None:
-            member = pr.with_unassigned(member.reindex(change.index, fill_value=0.0), ref)
-        return pr.category_scores(change, member, every, z_pred=z_pred, reference=ref, **kw)
+        # a label-free route has no general text to compare with: it keeps the corpus mean
+        reference = None if label_free else ref
+        return pr.category_scores(change, member, every, z_pred=z_pred, reference=reference, **kw)
 
     change = pr.eligible_change(attribution)
     effect = pd.Series(attribution["effect"].to_numpy(), index=attribution["latent"].to_numpy(int))

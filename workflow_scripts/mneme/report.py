@@ -977,9 +977,13 @@ def section_suite(suite: pd.DataFrame | None, grid: pd.DataFrame | None) -> str:
         cols = [("predictor", "predictor")] + [(c, c) for c in wide.columns if c != "predictor"]
         out += f"<h4>Side-effect {esc(metric)} per pair</h4>" + table(_records(wide), cols)
     if grid is not None and not grid.empty:
+        grid = _one_at_a_time(grid)
         cols = [(c, c) for c in grid.columns]
         out += (
             "<h4>Sensitivity of the mneme routes (mean over pairs)</h4>"
+            '<p class="small">Each block varies the decision (z_pred, membership, reference) with the '
+            "attribution at this run's settings, or the attribution (z_cap, min_contexts) with the "
+            "decision at this run's settings; suite_sensitivity.tsv has the full grid.</p>"
             '<p class="small">z_pred: the category decision; z_cap and min_contexts: the attribution '
             "(strength cap, contexts a latent needs); membership: the provenance route's weight of a "
             "latent on a category (the other routes do not use it); reference: what a category's change is "
@@ -992,6 +996,32 @@ def section_suite(suite: pd.DataFrame | None, grid: pd.DataFrame | None) -> str:
             )
         )
     return out
+
+
+# the sensitivity grid's settings: the decision's and the attribution's (suite_sensitivity.tsv)
+DECISION_SETTINGS = ("z_pred", "membership", "reference")
+ATTRIBUTION_SETTINGS = ("z_cap", "min_contexts")
+
+
+def _one_at_a_time(grid: pd.DataFrame) -> pd.DataFrame:
+    """The grid's rows where either the attribution or the decision sits at this run's settings
+    (those of the row marked ``default``), so that the report's table stays readable; the routes
+    that ignore ``membership`` keep only its configured value. The full grid when no row is
+    marked."""
+    if "default" not in grid or not grid["default"].astype(str).eq("True").any():
+        return grid
+    mine = grid[grid["default"].astype(str) == "True"].iloc[0]
+
+    def at_default(keys: Sequence[str]) -> pd.Series:
+        mask = pd.Series(True, index=grid.index)
+        for k in (k for k in keys if k in grid):
+            mask &= grid[k].astype(str) == str(mine[k])
+        return mask
+
+    keep = at_default(ATTRIBUTION_SETTINGS) | at_default(DECISION_SETTINGS)
+    if "membership" in grid:
+        keep &= (grid["route"] == "provenance") | (grid["membership"].astype(str) == str(mine["membership"]))
+    return grid[keep].reset_index(drop=True)
 
 
 # --- reversal ------------------------------------------------------------------------------
