@@ -80,11 +80,13 @@ def test_activation_stage_outputs(workflow):
         res / "activations/tiny-ft/tiny-gcide/L2/manifest.json",
     )
     n_ctx = -(-cfg["corpora"]["tiny-gcide"]["n_tokens"] // 32)
-    assert pair.n_rows == n_ctx * 31 and pair.d_model == 64  # BOS never stored
+    # BOS is never stored, nor (schema default skip_first 1) the position after it
+    first = pair.base.manifest["first_position"]
+    assert first == 2 and pair.n_rows == n_ctx * 30 and pair.d_model == 64
     xb, xf = pair.read(0, 100)
     assert np.isfinite(xb).all() and not np.allclose(xb, xf)  # different weights, same tokens
-    ctx, pos = row_to_token(np.array([0, 31, pair.n_rows - 1]), 1, 32)
-    assert ctx.tolist() == [0, 1, n_ctx - 1] and pos.tolist() == [1, 1, 31]
+    ctx, pos = row_to_token(np.array([0, 30, pair.n_rows - 1]), first, 32)
+    assert ctx.tolist() == [0, 1, n_ctx - 1] and pos.tolist() == [2, 2, 31]
     assert pair.base.manifest["norm"]["scale"] > 0
     assert (res / "logs/extract_activations/tiny-base/tiny-gcide/L2/shard_0.log").read_text().count(
         "tokens/s"

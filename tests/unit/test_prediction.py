@@ -98,6 +98,14 @@ def test_category_scores_match_reference():
     assert none["score"].isna().all() and not none["predicted"].any()
 
 
+def test_general_reference_needs_general_text():
+    b, f, inputs = evaluation_inputs()
+    inputs["category_mass"] = inputs["category_mass"][inputs["category_mass"]["category"] != "general"]
+    with pytest.raises(ValueError, match="evaluate.reference: general .* 'general'"):
+        ev.predictor_tables(CATS, **inputs, reference="general")
+    assert "mneme_provenance" in ev.predictor_tables(CATS, **inputs, reference="corpus")
+
+
 def test_general_reference_finds_the_neighbour_the_corpus_mean_hides():
     """A strongly changed target with many latents pulls the corpus mean above a neighbour that
     changed too: against the corpus mean the neighbour is ordinary, against the latents of

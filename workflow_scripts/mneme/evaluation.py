@@ -695,6 +695,13 @@ def predictor_tables(
     cats = list(categories)
     every = cats + [general_category]
     ref = general_category if reference == "general" else None
+    if ref is not None and not (category_mass["category"].astype(str) == ref).any():
+        raise ValueError(
+            f"evaluate.reference: general compares a category with the latents of the general "
+            f"category {ref!r}, but no latent is active on a document of it (category_mass has "
+            f"{sorted(category_mass['category'].astype(str).unique())}): give the diffing corpus "
+            f"some {ref!r} documents or set evaluate.reference: corpus"
+        )
 
     def scores(change: pd.Series, member: pd.DataFrame, label_free: bool = False, **kw) -> pd.DataFrame:
         # a label-free route has no general text to compare with: it keeps the corpus mean
@@ -777,10 +784,10 @@ def evaluate_pair(
     n_boot: int = 2000,
     truth: str = "median",
     route: str = "provenance",
-    z_pred: float = 3.0,
+    z_pred: float = 0.0,
     min_latents: int = 1,
     membership: str = "mass",
-    reference: str = "corpus",
+    reference: str = "general",
     general_category: str = "general",
     seed: int = 0,
     n_splits: int = 50,
