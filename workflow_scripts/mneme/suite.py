@@ -4,8 +4,9 @@ A prediction rule is judged on several organisms, never one. :func:`suite_table`
 predictor's metrics of every pair in one long table with the mean over pairs beside them;
 :func:`sensitivity` re-runs the decision of mneme's routes over a small grid of its settings
 (the strength cap and minimum number of contexts of the attribution, the z of the category
-decision, the provenance route's membership weight, the reference a category is compared with) on the pairs' own files, and reports the mean side-effect F1 and AUROC per setting, so
-a reader can see whether the defaults sit on a plateau or on a peak.
+decision, the provenance route's membership weight, the reference a category is compared
+with) on the pairs' own files, and reports the mean side-effect F1 and AUROC per setting, so a
+reader can see whether the defaults sit on a plateau or on a peak.
 
 Pairs marked ``holdout`` are kept out of both: their mean is reported apart (pair
 ``mean_holdout``) and the grid is computed per group, so a default chosen on the development
