@@ -224,6 +224,29 @@ def test_suite_tables_script_reads_the_run(workflow):
     assert "| tiny | biology (" in out and "truth, split half (noise ceiling)" in out
 
 
+def test_decision_checks_script_reproduces_the_default(workflow):
+    """benchmarks/decision_checks.py re-scores the provenance route from the pair's files: its
+    ``default`` variant must give exactly what evaluate wrote."""
+    workdir, _ = workflow
+    script = REPO / "benchmarks" / "decision_checks.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--results", str(workdir / "results")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    metrics = json.loads((workdir / "results/tiny/evaluation.json").read_text())["predictors"][
+        "mneme_provenance"
+    ]
+    side, every = metrics["metrics"]["side_effects"], metrics["metrics"]["all"]
+    want = [side["f1"], side["auroc"], every["accuracy"]]
+    cells = ["n/a" if v is None else f"{v:.2f}" for v in want]
+    row = next(line for line in out.splitlines() if line.startswith("| default |"))
+    assert row == "| default | " + " | ".join(cells) + " | n/a | n/a | n/a |"
+    for variant in ("lift", "no_dense", "precision"):
+        assert any(line.startswith(f"| {variant} |") for line in out.splitlines()), variant
+
+
 def test_report_has_every_section(workflow):
     workdir, cfg = workflow
     html = (workdir / "results/report.html").read_text()

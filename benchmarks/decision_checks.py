@@ -1,0 +1,125 @@
+"""Offline checks of the category decision on a finished suite run: variants that were tried
+and not built, so that the README's statements about them can be re-measured.
+
+    python benchmarks/decision_checks.py [--results results]
+
+For every pair of ``results/suite.tsv`` it reads the workflow's own files (``evaluation.json``
+for the truth, ``attribution.parquet``, ``category_mass.parquet``, ``activation_diff.parquet``),
+re-scores the provenance route under each variant with the configured decision (the
+``reference`` and ``z_pred`` in ``evaluation.json``) and prints the mean side-effect F1, AUROC
+and all-category accuracy per group, then the z of ``law`` (the most frequent false positive)
+per pair and variant. Nothing of the benchmark enters a score; the truth only scores it.
+
+Variants (each changes one thing against ``default``, the workflow's own setting):
+- ``lift``: lift-weighted membership (``evaluate.membership: lift``);
+- ``no_dense``: the latents active in more than half of all contexts left out;
+- ``precision``: the change is the capped robust z of ``log_change * sqrt(n_contexts)``, as if
+  each log ratio's noise fell with the square root of the contexts it was seen in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "workflow_scripts"))
+sys.path.insert(0, str(HERE))
+
+from suite_tables import fmt, md  # noqa: E402 (the README tables' formatting)
+
+from mneme import prediction as pr  # noqa: E402
+from mneme.attribution import robust_z  # noqa: E402
+from mneme.evaluation import score_predictor  # noqa: E402
+
+# a variant maps (attribution, membership, corpus prior) to (change c_j, membership w_jc)
+Variant = Callable[[pd.DataFrame, pd.DataFrame, pd.Series], tuple[pd.Series, pd.DataFrame]]
+Z_CAP = 10.0  # the attribution's strength cap (attribution.z_cap's default)
+
+
+def default(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple[pd.Series, pd.DataFrame]:
+    return pr.eligible_change(att), mass
+
+
+def lift(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple[pd.Series, pd.DataFrame]:
+    return pr.eligible_change(att), pr.lift_membership(mass, prior)
+
+
+def no_dense(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple[pd.Series, pd.DataFrame]:
+    change = pr.eligible_change(att)
+    n_ctx = att.set_index("latent")["n_contexts"].reindex(change.index)
+    return change[n_ctx <= 0.5 * n_ctx.max()], mass
+
+
+def precision(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple[pd.Series, pd.DataFrame]:
+    live = att[(att["direction"] != "dead") & np.isfinite(att["log_change"].astype(float))]
+    x = live["log_change"].to_numpy(float) * np.sqrt(live["n_contexts"].clip(lower=1).to_numpy(float))
+    z = robust_z(x, np.ones(len(x), bool))
+    return pd.Series(np.minimum(np.abs(z), Z_CAP), index=live["latent"].to_numpy(int)), mass
+
+
+VARIANTS: dict[str, Variant] = {
+    "default": default,
+    "lift": lift,
+    "no_dense": no_dense,
+    "precision": precision,
+}
+
+
+def pair_scores(results: Path, pair: str) -> dict[str, tuple[dict, pd.DataFrame]]:
+    """Per variant: (score_predictor's metrics, the per-category table) of one pair."""
+    ev = json.loads((results / pair / "evaluation.json").read_text())
+    cfg = ev["config"]
+    general = cfg["general_category"]
+    att = pd.read_parquet(results / pair / "attribution.parquet")
+    mass = pr.membership_from_long(pd.read_parquet(results / pair / "category_mass.parquet"), "mass")
+    tokens = pd.read_parquet(results / pair / "activation_diff.parquet").set_index("category")["n_tokens"]
+    prior = tokens / tokens.sum()
+    truth = pd.DataFrame(ev["ground_truth"])
+    reference = general if cfg.get("reference", "corpus") == "general" else None
+    out = {}
+    for name, variant in VARIANTS.items():
+        change, member = variant(att, mass, prior)
+        table = pr.category_scores(
+            change, member, ev["categories"] + [general], z_pred=cfg["z_pred"], reference=reference
+        )
+        table = table[table["category"].isin(ev["categories"])].reset_index(drop=True)
+        out[name] = (score_predictor(truth, table, ev["target"]), table)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    results = ap.parse_args().results
+    suite = pd.read_csv(results / "suite.tsv", sep="\t")
+    pairs = suite.loc[~suite["pair"].str.startswith("mean"), ["pair", "group"]].drop_duplicates()
+    scores = {p: pair_scores(results, p) for p in pairs["pair"]}
+    rows = []
+    for name in VARIANTS:
+        row = [name]
+        for group in ("dev", "holdout"):
+            ms = [scores[p][name][0] for p in pairs.loc[pairs["group"] == group, "pair"]]
+            for scope, key in (("side_effects", "f1"), ("side_effects", "auroc"), ("all", "accuracy")):
+                values = [m[scope][key] for m in ms if m[scope][key] is not None]
+                row.append(fmt(np.mean(values)) if values else "n/a")
+        rows.append(row)
+    groups = [f"{m}, {g}" for g in ("dev", "held out") for m in ("side-effect F1", "AUROC", "accuracy")]
+    print("## Provenance route, variants of the decision\n")
+    print(md(["variant", *groups], rows))
+    print("\n## z of law per pair (predicted at z >= z_pred)\n")
+    law = [
+        [name] + [fmt(scores[p][name][1].set_index("category")["score"].get("law")) for p in pairs["pair"]]
+        for name in VARIANTS
+    ]
+    print(md(["variant", *pairs["pair"]], law))
+
+
+if __name__ == "__main__":
+    main()
