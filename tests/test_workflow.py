@@ -204,16 +204,20 @@ def test_evaluation_output(workflow):
     assert {"general", "law"} <= set(diff["category"]) and (diff["mean_rel_diff"] > 0).all()
 
 
-def test_suite_tables_script_reads_the_run(workflow):
-    """benchmarks/suite_tables.py (the README's tables) is a view of the workflow's files."""
-    workdir, _ = workflow
-    script = REPO / "benchmarks" / "suite_tables.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--results", str(workdir / "results")],
+def run_benchmark(script: str, workdir: Path) -> str:
+    """The stdout of ``benchmarks/<script> --results <workdir>/results``."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--results", str(workdir / "results")],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+
+
+def test_suite_tables_script_reads_the_run(workflow):
+    """benchmarks/suite_tables.py (the README's tables) is a view of the workflow's files."""
+    workdir, _ = workflow
+    out = run_benchmark("suite_tables.py", workdir)
     result = json.loads((workdir / "results/tiny/evaluation.json").read_text())
     side = result["predictors"]["mneme"]["metrics"]["side_effects"]
     per_pair = out.split("## Per pair, side effects", 1)[1]
@@ -228,13 +232,7 @@ def test_decision_checks_script_reproduces_the_default(workflow):
     """benchmarks/decision_checks.py re-scores the provenance route from the pair's files: its
     ``default`` variant must give exactly what evaluate wrote."""
     workdir, _ = workflow
-    script = REPO / "benchmarks" / "decision_checks.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--results", str(workdir / "results")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_benchmark("decision_checks.py", workdir)
     metrics = json.loads((workdir / "results/tiny/evaluation.json").read_text())["predictors"][
         "mneme_provenance"
     ]
