@@ -204,6 +204,9 @@ CASES: list[tuple[str, Callable, str]] = [
     # 7. and 8.
     ("OpenAI URL without a scheme", both(set_key("interpret.backend", "openai"), set_key("interpret.openai", {"base_url": "localhost:8000/v1", "model": "m"})), "interpret.openai.base_url: 'localhost:8000/v1' is not an http(s) URL"),
     ("embedding model_path missing", set_key("categories.embedding.model_path", "/nowhere/minilm"), "categories.embedding.model_path: '/nowhere/minilm' does not exist"),
+    # 9. the general reference needs general text
+    ("general reference, hub text only", corpus(sources=[{"kind": "hub", "dataset": "x/y"}]), "evaluate.reference: general compares each category with the 'general' (untagged) text of the corpus, but no source of corpora.gcide-diffing yields 'general' documents"),
+    ("general reference, gcide without its general senses", corpus(sources=[{"kind": "gcide", "part": "diffing", "categories": ["biology", "law"]}]), "no source of corpora.gcide-diffing yields 'general' documents"),
     # rejected before issue 14 too
     ("unknown key", set_key("activations.n_shard", 3), "activations: unknown key(s) 'n_shard'"),
     ("layer past the last block", set_key("pairs.bio-rmu.layer", 30), "pairs.bio-rmu.layer: 30 is out of range"),

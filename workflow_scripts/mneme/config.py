@@ -497,6 +497,39 @@ def mapping_categories(cfg: dict, basedir: str | os.PathLike) -> set[str] | None
     return None if parsed is None else set(parsed.categories)
 
 
+def _general_label(path: str, basedir: str | os.PathLike) -> str:
+    """The general category a category file names (its default when the file cannot be read)."""
+    parsed = _category_file(resolve_path(path, basedir))
+    return category_file.DEFAULT_GENERAL if parsed is None else parsed.general
+
+
+def _reference_problems(cfg: dict, basedir: str | os.PathLike) -> list[str]:
+    """``evaluate.reference: general`` compares each category with the general text's latents:
+    every pair's corpus needs a source that can yield documents of the general category, or
+    evaluate (at the very end of the run) would have nothing to compare with."""
+    if cfg["evaluate"]["reference"] != "general":
+        return []
+    general = _general_label(cfg["categories"]["file"] or cfg["gcide"]["categories"], basedir)
+    gcide_general = _general_label(cfg["gcide"]["categories"], basedir)
+
+    def yields_general(src: dict) -> bool:
+        if src["kind"] == "gcide":  # untagged senses are labelled with the GCIDE file's general
+            return gcide_general == general and (not src.get("categories") or general in src["categories"])
+        return bool(src.get("category_field")) or src.get("category") == general
+
+    out = []
+    used = {spec["corpus"] for spec in cfg["pairs"].values()} & set(cfg["corpora"])  # unknown: reported
+    for name in sorted(used):
+        if not any(yields_general(src) for src in cfg["corpora"][name]["sources"]):
+            out.append(
+                f"evaluate.reference: general compares each category with the {general!r} (untagged) "
+                f"text of the corpus, but no source of corpora.{name} yields {general!r} documents "
+                f"(a gcide source, or a files/hub source with category: {general} or a category_field); "
+                "label a source so, or set evaluate.reference: corpus"
+            )
+    return out
+
+
 def category_file_problems(key: str, path: str, use: category_file.Use, parse: bool = True) -> list[str]:
     """What is wrong with a category file, each as '<config key>: <file>[:line]: ...'.
 
@@ -602,6 +635,7 @@ def semantic_problems(
     out += _crosscoder_problems(cfg, facts)
     out += _interpret_problems(cfg, basedir)
     out += _benchmark_problems(cfg, basedir, categories)
+    out += _reference_problems(cfg, basedir)
     return out
 
 
