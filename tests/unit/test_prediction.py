@@ -93,6 +93,9 @@ def test_category_scores_match_reference():
     got = pr.category_scores(pd.Series(change), member, ["a", "b"], reference="c").set_index("category")
     ref = reference_scores(change, weights, ["a", "b"], against="c")
     assert got["score"].to_dict() == pytest.approx(ref)
+    # at z_pred 0 a category must move strictly more than the reference: a tie predicts nothing
+    flat = pr.category_scores(pd.Series(1.0, index=range(30)), member, ["a", "b"], z_pred=0.0, reference="c")
+    assert (flat["score"] == 0).all() and not flat["predicted"].any()
     # a reference with no membership leaves nothing to compare with: no score, no prediction
     none = pr.category_scores(pd.Series(change), member, ["a", "b"], reference="d")
     assert none["score"].isna().all() and not none["predicted"].any()

@@ -145,7 +145,8 @@ def category_scores(
         z = (s_c - ref) / np.sqrt(var / n_eff + ref_var) if var > 0 else 0.0
         mass = wc * cv
         signed = float(mass @ e / mass.sum()) if mass.sum() > 0 else 0.0
-        predicted = bool(z >= z_pred)
+        # strictly more than the reference: at z_pred 0 a tie (no change anywhere) predicts nothing
+        predicted = bool(z >= z_pred and s_c > ref)
         rows.append(
             {
                 "category": cat,
