@@ -105,8 +105,10 @@ def test_general_reference_needs_general_text():
     b, f, inputs = evaluation_inputs()
     inputs["category_mass"] = inputs["category_mass"][inputs["category_mass"]["category"] != "general"]
     with pytest.raises(ValueError, match="evaluate.reference: general .* 'general'"):
-        ev.predictor_tables(CATS, **inputs, reference="general")
-    assert "mneme_provenance" in ev.predictor_tables(CATS, **inputs, reference="corpus")
+        ev.predictor_tables(CATS, **inputs, z_pred=0.0, membership="mass", reference="general")
+    assert "mneme_provenance" in ev.predictor_tables(
+        CATS, **inputs, z_pred=0.0, membership="mass", reference="corpus"
+    )
 
 
 def test_general_reference_finds_the_neighbour_the_corpus_mean_hides():
@@ -377,8 +379,11 @@ def test_suite_table_and_sensitivity():
         "z_cap": (10.0,),
         "min_contexts": (1, 100),
         "membership": ("mass", "lift"),
+        "reference": ("corpus",),
     }
-    defaults = {"z_pred": 1, "z_cap": 10, "min_contexts": 100, "membership": "mass"}
+    defaults = {"z_pred": 1, "z_cap": 10, "min_contexts": 100, "membership": "mass", "reference": "corpus"}
+    with pytest.raises(ValueError, match="missing \\['reference'\\]"):
+        sensitivity(pairs, {k: v for k, v in settings.items() if k != "reference"})
     with_ref = sensitivity({"a": pairs["a"]}, {**settings, "reference": ("corpus", "general")})
     assert len(with_ref) == 2 * 24 and set(with_ref["reference"]) == {"corpus", "general"}
     # the grid passes the reference to the decision: a row equals a direct evaluation with it
@@ -389,11 +394,19 @@ def test_suite_table_and_sensitivity():
         category_mass=one["category_mass"],
         activation_diff=one["activation_diff"],
         z_pred=0.0,
+        membership="mass",
         reference="general",
     )["mneme_provenance"]
     want = ev.score_predictor(pd.DataFrame(one["evaluation"]["ground_truth"]), direct, ["biology"])
     row = sensitivity(
-        {"a": one}, {"z_pred": (0.0,), "z_cap": (1e9,), "min_contexts": (1,), "reference": ("general",)}
+        {"a": one},
+        {
+            "z_pred": (0.0,),
+            "z_cap": (1e9,),
+            "min_contexts": (1,),
+            "membership": ("mass",),
+            "reference": ("general",),
+        },
     )
     row = row[row["route"] == "provenance"].iloc[0]
     assert row["side_effect_auroc"] == pytest.approx(want["side_effects"]["auroc"])

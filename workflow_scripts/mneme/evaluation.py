@@ -675,10 +675,10 @@ def predictor_tables(
     labels: pd.DataFrame | None = None,
     context_membership: pd.DataFrame | None = None,
     general_category: str = "general",
-    z_pred: float = 3.0,
+    z_pred: float,
+    membership: str,
+    reference: str,
     min_latents: int = 1,
-    membership: str = "mass",
-    reference: str = "corpus",
 ) -> dict[str, pd.DataFrame]:
     """Every predictor's per-category table (``category, predicted, score, direction, ...``), from
     the pair's own files only: mneme's routes (those whose inputs are given) and the baselines

@@ -140,8 +140,7 @@ def category_scores(
         if sw <= 0 or not np.isfinite(ref):
             rows.append(dict(zip(SCORE_COLUMNS, [cat, np.nan, np.nan, 0.0, 0.0, False, 0, np.nan])))
             continue
-        s_c = float(wc @ cv / sw)
-        n_eff = sw * sw / float(wc @ wc)
+        s_c, n_eff = _weighted_mean(wc, cv)
         z = (s_c - ref) / np.sqrt(var / n_eff + ref_var) if var > 0 else 0.0
         mass = wc * cv
         signed = float(mass @ e / mass.sum()) if mass.sum() > 0 else 0.0

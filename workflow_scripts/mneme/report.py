@@ -998,16 +998,13 @@ def section_suite(suite: pd.DataFrame | None, grid: pd.DataFrame | None) -> str:
     return out
 
 
-# the sensitivity grid's settings: the decision's and the attribution's (suite_sensitivity.tsv)
-DECISION_SETTINGS = ("z_pred", "membership", "reference")
-ATTRIBUTION_SETTINGS = ("z_cap", "min_contexts")
-
-
 def _one_at_a_time(grid: pd.DataFrame) -> pd.DataFrame:
     """The grid's rows where either the attribution or the decision sits at this run's settings
     (those of the row marked ``default``), so that the report's table stays readable; the routes
     that ignore ``membership`` keep only its configured value. The full grid when no row is
     marked."""
+    from mneme.contracts import ATTRIBUTION_SETTINGS, DECISION_SETTINGS
+
     if "default" not in grid or not grid["default"].astype(str).eq("True").any():
         return grid
     mine = grid[grid["default"].astype(str) == "True"].iloc[0]

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mneme.attribution import robust_z
+from mneme.contracts import DECISION_SETTINGS
 from mneme.evaluation import predictor_tables, score_predictor
 
 SCOPES = ("side_effects", "all")
@@ -34,8 +35,6 @@ GRID = {
     "membership": ("mass", "lift"),
     "reference": ("corpus", "general"),
 }
-# the grid's settings of the decision itself (the others re-derive the attribution)
-DECISION = ("z_pred", "membership", "reference")
 
 
 MEAN = {"dev": "mean", "holdout": "mean_holdout"}
@@ -137,18 +136,19 @@ def _is(column: pd.Series, value: Any) -> np.ndarray:
 def _sensitivity(
     pairs: Mapping[str, Mapping[str, Any]], grid: Mapping[str, Sequence[float]], general_category: str
 ) -> pd.DataFrame:
+    if missing := sorted(set(GRID) - set(grid)):
+        raise ValueError(
+            f"the sensitivity grid needs a value list for each of {sorted(GRID)}; missing {missing}"
+        )
     rows = []
-    keys = [k for k in GRID if k in grid]
-    for values in itertools.product(*(grid[k] for k in keys)):
-        setting = dict(zip(keys, values))
-        decision = {k: setting[k] for k in DECISION if k in setting}
+    for values in itertools.product(*(grid[k] for k in GRID)):
+        setting = dict(zip(GRID, values))
+        decision = {k: setting[k] for k in DECISION_SETTINGS}
         scores: dict[str, list[dict[str, Any]]] = {}
         for inputs in pairs.values():
             ev = inputs["evaluation"]
             truth = pd.DataFrame(ev["ground_truth"])
-            attribution = _restrength(
-                inputs["attribution"], setting.get("z_cap", 1e9), int(setting.get("min_contexts", 1))
-            )
+            attribution = _restrength(inputs["attribution"], setting["z_cap"], int(setting["min_contexts"]))
             tables = predictor_tables(
                 ev["categories"],
                 attribution=attribution,
