@@ -19,11 +19,6 @@ NON_TRAJECTORY_KEYS = ("checkpoint_every", "log_every", "prefetch_batches", "dev
 # The category of tokens outside any document (BOS-only padding) in category_mass.parquet.
 NO_CATEGORY = "(none)"
 
-# The setting columns of suite_sensitivity.tsv (written by the suite rule, read by the report):
-# those of the category decision itself, and those that re-derive the attribution first.
-DECISION_SETTINGS = ("z_pred", "membership", "reference")
-ATTRIBUTION_SETTINGS = ("z_cap", "min_contexts")
-
 
 def delta_bin(delta: np.ndarray) -> np.ndarray:
     """F10 bins: ``base_only`` (<= 0.1), ``shared`` (0.4..0.6), ``ft_only`` (>= 0.9), else ``other``."""

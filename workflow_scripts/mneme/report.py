@@ -1003,7 +1003,7 @@ def _one_at_a_time(grid: pd.DataFrame) -> pd.DataFrame:
     (those of the row marked ``default``), so that the report's table stays readable; the routes
     that ignore ``membership`` keep only its configured value. The full grid when no row is
     marked."""
-    from mneme.contracts import ATTRIBUTION_SETTINGS, DECISION_SETTINGS
+    from mneme.suite import ATTRIBUTION_SETTINGS, DECISION_SETTINGS
 
     if "default" not in grid or not grid["default"].astype(str).eq("True").any():
         return grid
