@@ -68,6 +68,7 @@ rule suite:
             "z_pred": config["evaluate"]["z_pred"],
             "membership": config["evaluate"]["membership"],
             "reference": config["evaluate"]["reference"],
+            "target": config["attribution"]["target"],
             "z_cap": config["attribution"]["z_cap"],
             "min_contexts": config["attribution"]["min_contexts"],
         },

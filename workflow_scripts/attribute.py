@@ -14,7 +14,7 @@ def main(smk) -> None:
     opts = smk.params.options
     cc = load_crosscoder(smk.input.crosscoder)
     geometry = decoder_geometry(cc.W_dec.detach().numpy(), cc.b_dec.detach().numpy())
-    keys = ("mode", "z_threshold", "z_cap", "tau_r", "tau_eps", "kappa", "min_freq", "min_active")
+    keys = ("mode", "target", "z_threshold", "z_cap", "tau_r", "tau_eps", "kappa", "min_freq", "min_active")
     keys += ("min_contexts", "novelty_cos")
     table = attribute(
         pd.read_parquet(smk.input.latents),

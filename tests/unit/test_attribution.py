@@ -270,7 +270,8 @@ def test_robust_mode_caps_degenerate_ratios_and_needs_contexts():
     rows.append((0.95, False, 50, betas(0.01, 1.0, 0.01, 1.0)))
     lat, bet = make_frames(rows)
     lat["n_active_contexts"] = [50] * 21 + [2]
-    out = attribute(lat, bet, mode="robust", z_cap=7.0, min_contexts=5).set_index("latent")
+    out = attribute(lat, bet, mode="robust", target="reconstruction", z_cap=7.0, min_contexts=5)
+    out = out.set_index("latent")
     assert out.loc[20, "direction"] == "amplified" and out.loc[20, "strength"] == 7.0
     assert out.loc[21, "direction"] == "dead" and out.loc[21, "reason"] == "rare"
     assert (out.loc[:19, "direction"] == "unchanged").all()
@@ -304,7 +305,48 @@ def test_effect_marks_new_directions_as_disruptions():
     for col in ("bias_base_ftdec", "bias_ft_ftdec", "bias_base_basedec", "bias_ft_basedec"):
         geometry[col] = 0.0
     bet["sum_f"], bet["sum_f2"] = 10.0, 10.0
-    out = attribute(lat, bet, geometry=geometry).set_index("latent")
+    out = attribute(lat, bet, geometry=geometry, target="reconstruction").set_index("latent")
     assert out.loc[[20, 21, 22], "direction"].tolist() == ["amplified", "amplified", "suppressed"]
     assert out.loc[[20, 21, 22], "effect"].tolist() == [1, -1, -1]
     assert (out.loc[:19, "effect"] == 0).all()
+
+
+def test_robust_mode_log_change_of_each_target():
+    """Every target's signed log change against a hand computation (ft over base, probe by Delta,
+    the activation target without the decoder bias), and the chosen one drives z and direction."""
+    rng = np.random.default_rng(1)
+    n = 40
+    rows = []
+    for j in range(n):
+        r, e, a = np.exp(rng.normal(0, 0.05, 3))  # the bulk: small changes on every target
+        rows.append((0.6 if j % 2 else 0.4, False, 50, betas(1.0, r, 1.0, e, 1.0, a)))
+    rows.append((0.9, False, 50, betas(1.0, 1.0, 1.0, 1.0, a_base=0.25, a_ft=1.0)))  # 40: activation only
+    rows.append((0.1, False, 50, betas(1.0, 0.2, 1.0, 1.0)))  # 41: reconstruction only, base probe
+    lat, bet = make_frames(rows)
+    geometry = pd.DataFrame({"latent": range(n + 2), "base_counterpart_cos": 0.9})
+    for probe in ("ftdec", "basedec"):
+        geometry[f"probe_norm2_{probe}"] = 2.0
+        geometry[f"bias_base_{probe}"] = 0.5
+        geometry[f"bias_ft_{probe}"] = -0.5
+    bet["sum_f"], bet["sum_f2"] = 4.0, 8.0
+    shift = {"base": 0.5 * 4.0 / (2.0 * 8.0), "ft": -0.5 * 4.0 / (2.0 * 8.0)}  # <v, b> sum f / (|v|^2 C)
+    outs = {
+        t: attribute(lat, bet, geometry=geometry, target=t).set_index("latent")
+        for t in ("activation", "reconstruction", "error")
+    }
+    for j in range(n + 2):
+        row = bet.iloc[j]
+        for t in ("reconstruction", "error", "activation"):
+            bb, bf = row[f"beta_{t}_base_ftdec"], row[f"beta_{t}_ft_ftdec"]
+            if t == "activation":
+                bb, bf = bb - shift["base"], bf - shift["ft"]
+            want = np.log(bf / bb)  # ft over base whichever decoder is the probe
+            for out in outs.values():
+                assert out.loc[j, f"log_change_{t}"] == pytest.approx(want)
+            assert outs[t].loc[j, "log_change"] == pytest.approx(want)
+    assert outs["activation"].loc[40, "direction"] == "amplified"
+    assert outs["reconstruction"].loc[40, "direction"] == "unchanged"
+    assert outs["reconstruction"].loc[41, "direction"] == "suppressed"
+    assert outs["activation"].loc[41, "direction"] == "unchanged"
+    with pytest.raises(ValueError, match="attribution.target"):
+        attribute(lat, bet, target="activations")

@@ -47,6 +47,10 @@ def planted_latents(seed: int = 0, n: int = 400):
             "effect": np.where(change > 3, -1, 0),
             "delta": rng.uniform(0.3, 0.7, n),
             "log_change": change,
+            # the grid's other log-ratio targets: the activation target carries the planted change
+            "log_change_activation": change,
+            "log_change_reconstruction": np.zeros(n),
+            "log_change_error": np.zeros(n),
             "n_contexts": 50,
             "n_active": 100,
             "reason": "",
@@ -376,41 +380,48 @@ def test_suite_table_and_sensitivity():
     assert set(suite_table(evaluations)["pair"]) == {"a", "b", "c", "mean"}
     settings = {
         "z_pred": (1.0, 100.0),
+        "target": ("activation",),
         "z_cap": (10.0,),
         "min_contexts": (1, 100),
         "membership": ("mass", "lift"),
         "reference": ("corpus",),
     }
-    defaults = {"z_pred": 1, "z_cap": 10, "min_contexts": 100, "membership": "mass", "reference": "corpus"}
-    with pytest.raises(ValueError, match="missing \\['reference'\\]"):
-        sensitivity(pairs, {k: v for k, v in settings.items() if k != "reference"})
+    defaults = {
+        "z_pred": 1,
+        "target": "activation",
+        "z_cap": 10,
+        "min_contexts": 100,
+        "membership": "mass",
+        "reference": "corpus",
+    }
+    with pytest.raises(ValueError, match="missing \\['reference', 'target'\\]"):
+        sensitivity(pairs, {k: v for k, v in settings.items() if k not in ("reference", "target")})
     with_ref = sensitivity({"a": pairs["a"]}, {**settings, "reference": ("corpus", "general")})
     assert len(with_ref) == 2 * 24 and set(with_ref["reference"]) == {"corpus", "general"}
-    # the grid passes the reference to the decision: a row equals a direct evaluation with it
+    # the grid passes the target and the reference to the decision, and re-decides the tables
+    # at each z_pred: a row equals a direct evaluation with the same settings
     one = pairs["a"]
-    direct = ev.predictor_tables(
-        one["evaluation"]["categories"],
-        attribution=_restrength(one["attribution"], 1e9, 1),
-        category_mass=one["category_mass"],
-        activation_diff=one["activation_diff"],
-        z_pred=0.0,
-        membership="mass",
-        reference="general",
-    )["mneme_provenance"]
-    want = ev.score_predictor(pd.DataFrame(one["evaluation"]["ground_truth"]), direct, ["biology"])
-    row = sensitivity(
-        {"a": one},
-        {
-            "z_pred": (0.0,),
-            "z_cap": (1e9,),
-            "min_contexts": (1,),
-            "membership": ("mass",),
-            "reference": ("general",),
-        },
-    )
-    row = row[row["route"] == "provenance"].iloc[0]
-    assert row["side_effect_auroc"] == pytest.approx(want["side_effects"]["auroc"])
-    assert row["accuracy"] == pytest.approx(want["all"]["accuracy"])
+    for target, z_pred in (("activation", 0.0), ("reconstruction", 0.0), ("activation", 2.0)):
+        direct = ev.predictor_tables(
+            one["evaluation"]["categories"],
+            attribution=_restrength(one["attribution"], target, 1e9, 1),
+            category_mass=one["category_mass"],
+            activation_diff=one["activation_diff"],
+            z_pred=z_pred,
+            membership="mass",
+            reference="general",
+        )["mneme_provenance"]
+        want = ev.score_predictor(pd.DataFrame(one["evaluation"]["ground_truth"]), direct, ["biology"])
+        grid = {"z_pred": (z_pred,), "target": (target,), "z_cap": (1e9,), "min_contexts": (1,)}
+        row = sensitivity({"a": one}, {**grid, "membership": ("mass",), "reference": ("general",)})
+        row = row[row["route"] == "provenance"].iloc[0]
+        assert row["side_effect_auroc"] == pytest.approx(want["side_effects"]["auroc"])
+        assert row["side_effect_f1"] == pytest.approx(want["side_effects"]["f1"], nan_ok=True)
+        assert row["accuracy"] == pytest.approx(want["all"]["accuracy"])
+    targets = sensitivity({"a": one}, {**settings, "target": ("activation", "reconstruction")})
+    by_target = targets[targets["route"] == "provenance"].groupby("target")["side_effect_auroc"].mean()
+    # the planted change is in the activation target; the reconstruction target has none
+    assert by_target["activation"] > by_target["reconstruction"] == 0.5
     # the label-free routes have no general text: the reference does not move them
     for route in ("contexts", "explanations"):
         by_ref = [

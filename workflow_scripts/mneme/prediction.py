@@ -34,7 +34,8 @@ The null is "change unrelated to membership": permuting the ``c_j`` over the lat
 ``Var(S_c) ~ var_u(c) / n_eff_c`` with ``n_eff_c = (sum_j w_jc)^2 / sum_j w_jc^2``, so
 ``z_c = (S_c - S_ref) / sqrt(var_u(c) / n_eff_c)``, with ``var_u(c) / n_eff_g`` added under the
 variance for the ``general`` reference (a difference of two means). A category is predicted
-when ``z_c >= z_pred``. The latents that did not change make up most of the permutation
+when ``z_c >= z_pred`` and ``z_c > 0`` (:func:`decide`; it moved strictly more than the
+reference, so at ``z_pred`` 0 a tie predicts nothing). The latents that did not change make up most of the permutation
 population, so they are the null.
 
 Direction: each changed latent carries an effect ``e_j`` (``-1`` a lost base feature or a new
@@ -144,21 +145,23 @@ def category_scores(
         z = (s_c - ref) / np.sqrt(var / n_eff + ref_var) if var > 0 else 0.0
         mass = wc * cv
         signed = float(mass @ e / mass.sum()) if mass.sum() > 0 else 0.0
-        # strictly more than the reference: at z_pred 0 a tie (no change anywhere) predicts nothing
-        predicted = bool(z >= z_pred and s_c > ref)
-        rows.append(
-            {
-                "category": cat,
-                "score": float(z),
-                "lift": s_c / ref - 1 if ref > 0 else np.nan,
-                "n_eff": n_eff,
-                "weight": sw,
-                "predicted": predicted,
-                "direction": int(np.sign(signed)) if predicted else 0,
-                "signed": signed,
-            }
-        )
-    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+        lift = s_c / ref - 1 if ref > 0 else np.nan
+        rows.append(dict(zip(SCORE_COLUMNS, [cat, float(z), lift, n_eff, sw, False, 0, signed])))
+    return decide(pd.DataFrame(rows, columns=SCORE_COLUMNS), z_pred)
+
+
+def decide(table: pd.DataFrame, z_pred: float) -> pd.DataFrame:
+    """``table`` (of :func:`category_scores`) decided at ``z_pred``: ``predicted`` where
+    ``score >= z_pred`` and ``score > 0`` (strictly more change than the reference: with the
+    variance positive, ``z > 0`` is ``S_c > S_ref``, and without it ``z`` is 0), ``direction`` the
+    sign of ``signed`` where predicted, else 0. The suite's grid re-decides tables with it."""
+    out = table.copy()
+    score = out["score"].to_numpy(float)
+    with np.errstate(invalid="ignore"):
+        predicted = (score >= z_pred) & (score > 0)
+    out["predicted"] = predicted
+    out["direction"] = np.where(predicted, np.sign(out["signed"].to_numpy(float)), 0).astype(int)
+    return out
 
 
 def _weighted_mean(weights: np.ndarray | None, values: np.ndarray) -> tuple[float, float]:

@@ -3,7 +3,7 @@
 A prediction rule is judged on several organisms, never one. :func:`suite_table` puts every
 predictor's metrics of every pair in one long table with the mean over pairs beside them;
 :func:`sensitivity` re-runs the decision of mneme's routes over a small grid of its settings
-(the strength cap and minimum number of contexts of the attribution, the z of the category
+(the log-ratio target, strength cap and minimum number of contexts of the attribution, the z of the category
 decision, the provenance route's membership weight, the reference a category is compared
 with) on the pairs' own files, and reports the mean side-effect F1 and AUROC per setting, so a
 reader can see whether the defaults sit on a plateau or on a peak.
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mneme import prediction as pr
 from mneme.attribution import robust_z
 from mneme.evaluation import predictor_tables, score_predictor
 
@@ -29,6 +30,7 @@ SCOPES = ("side_effects", "all")
 METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "spearman")
 GRID = {
     "z_pred": (0.0, 1.0, 2.0, 3.0, 5.0, 8.0),
+    "target": ("activation", "reconstruction", "error"),
     "z_cap": (5.0, 10.0, 1e9),
     "min_contexts": (1, 5, 20),
     "membership": ("mass", "lift"),
@@ -41,7 +43,7 @@ GRID = {
 # here, not in mneme.contracts, which the early stages import: renaming a column of the grid
 # must not re-run them.
 DECISION_SETTINGS = ("z_pred", "membership", "reference")
-ATTRIBUTION_SETTINGS = ("z_cap", "min_contexts")
+ATTRIBUTION_SETTINGS = ("target", "z_cap", "min_contexts")
 
 MEAN = {"dev": "mean", "holdout": "mean_holdout"}
 
@@ -88,11 +90,13 @@ def suite_table(evaluations: Mapping[str, Mapping[str, Any]], holdout: Sequence[
     return pd.concat(parts, ignore_index=True)
 
 
-def _restrength(attribution: pd.DataFrame, z_cap: float, min_contexts: int) -> pd.DataFrame:
-    """The robust-mode attribution under other settings: the z of ``log_change`` over the latents
-    eligible with ``min_contexts``, its strength capped at ``z_cap`` (exactly what
-    :func:`mneme.attribution.attribute` computes from the same betas)."""
+def _restrength(attribution: pd.DataFrame, target: str, z_cap: float, min_contexts: int) -> pd.DataFrame:
+    """The robust-mode attribution under other settings: the z of ``log_change_<target>`` over the
+    latents eligible with ``min_contexts``, its strength capped at ``z_cap`` (what
+    :func:`mneme.attribution.attribute` computes from the same betas). The directions and
+    effects stay the run's: they do not enter the grid's metrics."""
     a = attribution.copy()
+    a["log_change"] = a[f"log_change_{target}"]
     n_ctx = a["n_contexts"].to_numpy()
     eligible = (
         (a["reason"].astype(str) != "dead").to_numpy()
@@ -147,39 +151,56 @@ def _sensitivity(
             f"the sensitivity grid needs a value list for each of {sorted(GRID)}; missing {missing}"
         )
     rows = []
-    for values in itertools.product(*(grid[k] for k in GRID)):
-        setting = dict(zip(GRID, values))
-        decision = {k: setting[k] for k in DECISION_SETTINGS}
-        scores: dict[str, list[dict[str, Any]]] = {}
-        for inputs in pairs.values():
-            ev = inputs["evaluation"]
-            truth = pd.DataFrame(ev["ground_truth"])
-            attribution = _restrength(inputs["attribution"], setting["z_cap"], int(setting["min_contexts"]))
-            tables = predictor_tables(
-                ev["categories"],
-                attribution=attribution,
-                category_mass=inputs["category_mass"],
-                activation_diff=inputs["activation_diff"],
-                labels=inputs.get("labels"),
-                context_membership=inputs.get("context_membership"),
-                general_category=general_category,
-                **decision,
-            )
-            for name, table in tables.items():
-                if name.startswith("mneme_"):
-                    scores.setdefault(name, []).append(score_predictor(truth, table, ev["target"]))
-        for name, ms in scores.items():
-            rows.append(
-                {
-                    "route": name.removeprefix("mneme_"),
-                    **setting,
-                    "side_effect_f1": _mean(m["side_effects"]["f1"] for m in ms),
-                    "side_effect_auroc": _mean(m["side_effects"]["auroc"] for m in ms),
-                    "accuracy": _mean(m["all"]["accuracy"] for m in ms),
-                    "n_pairs": len(ms),
-                }
-            )
+    # z_pred only re-decides the score tables: they are computed once per other setting
+    others = [k for k in GRID if k != "z_pred"]
+    for values in itertools.product(*(grid[k] for k in others)):
+        setting = dict(zip(others, values))
+        tables = [
+            (inputs["evaluation"], _route_tables(inputs, setting, general_category))
+            for inputs in pairs.values()
+        ]
+        for z_pred in grid["z_pred"]:
+            scores: dict[str, list[dict[str, Any]]] = {}
+            for ev, routes in tables:
+                truth = pd.DataFrame(ev["ground_truth"])
+                for name, table in routes.items():
+                    m = score_predictor(truth, pr.decide(table, z_pred), ev["target"])
+                    scores.setdefault(name, []).append(m)
+            for name, ms in scores.items():
+                rows.append(
+                    {
+                        "route": name.removeprefix("mneme_"),
+                        **{k: z_pred if k == "z_pred" else setting[k] for k in GRID},
+                        "side_effect_f1": _mean(m["side_effects"]["f1"] for m in ms),
+                        "side_effect_auroc": _mean(m["side_effects"]["auroc"] for m in ms),
+                        "accuracy": _mean(m["all"]["accuracy"] for m in ms),
+                        "n_pairs": len(ms),
+                    }
+                )
     return pd.DataFrame(rows)
+
+
+def _route_tables(
+    inputs: Mapping[str, Any], setting: Mapping[str, Any], general_category: str
+) -> dict[str, pd.DataFrame]:
+    """mneme's per-category score tables of one pair under ``setting`` (every grid key but
+    ``z_pred``; the tables are decided at z_pred 0 and re-decided by the caller)."""
+    ev = inputs["evaluation"]
+    attribution = _restrength(
+        inputs["attribution"], setting["target"], setting["z_cap"], int(setting["min_contexts"])
+    )
+    tables = predictor_tables(
+        ev["categories"],
+        attribution=attribution,
+        category_mass=inputs["category_mass"],
+        activation_diff=inputs["activation_diff"],
+        labels=inputs.get("labels"),
+        context_membership=inputs.get("context_membership"),
+        general_category=general_category,
+        z_pred=0.0,
+        **{k: setting[k] for k in DECISION_SETTINGS if k != "z_pred"},
+    )
+    return {name: table for name, table in tables.items() if name.startswith("mneme_")}
 
 
 def _mean(values) -> float:
