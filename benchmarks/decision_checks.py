@@ -11,6 +11,9 @@ and all-category accuracy per group, then the z of ``law`` (the most frequent fa
 per pair and variant. Nothing of the benchmark enters a score; the truth only scores it.
 
 Variants (each changes one thing against ``default``, the workflow's own setting):
+- ``reconstruction``, ``error``: the change is the capped robust z of the log ratio on that beta
+  target instead of the configured one (``attribution.target``; ``reconstruction`` was the
+  default before the activation target);
 - ``lift``: lift-weighted membership (``evaluate.membership: lift``);
 - ``no_dense``: the latents active in more than half of all contexts left out;
 - ``precision``: the change is the capped robust z of ``log_change * sqrt(n_contexts)``, as if
@@ -47,6 +50,15 @@ def default(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple[pd
     return pr.eligible_change(att), mass
 
 
+def _target(name: str) -> Variant:
+    def variant(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple[pd.Series, pd.DataFrame]:
+        live = att[(att["direction"] != "dead") & np.isfinite(att[f"log_change_{name}"].astype(float))]
+        z = robust_z(live[f"log_change_{name}"].to_numpy(float), np.ones(len(live), bool))
+        return pd.Series(np.minimum(np.abs(z), Z_CAP), index=live["latent"].to_numpy(int)), mass
+
+    return variant
+
+
 def lift(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple[pd.Series, pd.DataFrame]:
     return pr.eligible_change(att), pr.lift_membership(mass, prior)
 
@@ -66,6 +78,8 @@ def precision(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple[
 
 VARIANTS: dict[str, Variant] = {
     "default": default,
+    "reconstruction": _target("reconstruction"),
+    "error": _target("error"),
     "lift": lift,
     "no_dense": no_dense,
     "precision": precision,
