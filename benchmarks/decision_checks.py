@@ -17,7 +17,10 @@ Variants (each changes one thing against ``default``, the workflow's own setting
 - ``lift``: lift-weighted membership (``evaluate.membership: lift``);
 - ``no_dense``: the latents active in more than half of all contexts left out;
 - ``precision``: the change is the capped robust z of ``log_change * sqrt(n_contexts)``, as if
-  each log ratio's noise fell with the square root of the contexts it was seen in.
+  each log ratio's noise fell with the square root of the contexts it was seen in;
+- ``stratified``: the robust z of the log ratio is taken within each fifth of the latents by
+  ``n_contexts`` (median and MAD of latents seen about as often), so a rare latent's change is
+  measured against the spread of other rare latents rather than against the whole dictionary.
 """
 
 from __future__ import annotations
@@ -76,6 +79,18 @@ def precision(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple[
     return pd.Series(np.minimum(np.abs(z), Z_CAP), index=live["latent"].to_numpy(int)), mass
 
 
+def stratified(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple[pd.Series, pd.DataFrame]:
+    live = att[(att["direction"] != "dead") & np.isfinite(att["log_change"].astype(float))]
+    x = live["log_change"].to_numpy(float)
+    n_ctx = live["n_contexts"].to_numpy(float)
+    edges = np.quantile(n_ctx, np.linspace(0, 1, 6)[1:-1])
+    stratum = np.searchsorted(edges, n_ctx, side="right")
+    z = np.full(len(x), np.nan)
+    for s in np.unique(stratum):
+        z[stratum == s] = robust_z(x, stratum == s)[stratum == s]
+    return pd.Series(np.minimum(np.abs(z), Z_CAP), index=live["latent"].to_numpy(int)), mass
+
+
 VARIANTS: dict[str, Variant] = {
     "default": default,
     "reconstruction": _target("reconstruction"),
@@ -83,6 +98,7 @@ VARIANTS: dict[str, Variant] = {
     "lift": lift,
     "no_dense": no_dense,
     "precision": precision,
+    "stratified": stratified,
 }
 
 
