@@ -72,6 +72,10 @@ rule suite:
             "z_cap": config["attribution"]["z_cap"],
             "min_contexts": config["attribution"]["min_contexts"],
         },
+        # the attribution's other eligibility settings, which the grid keeps
+        eligibility={k: config["attribution"][k] for k in ("min_active", "min_freq")},
+        # the grid re-derives robust mode: with another mode no row of it is the run's
+        robust=config["attribution"]["mode"] == "robust",
         general=lambda wc: general_category(),
     script:
         "../workflow_scripts/suite.py"

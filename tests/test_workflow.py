@@ -241,7 +241,7 @@ def test_decision_checks_script_reproduces_the_default(workflow):
     cells = ["n/a" if v is None else f"{v:.2f}" for v in want]
     row = next(line for line in out.splitlines() if line.startswith("| default |"))
     assert row == "| default | " + " | ".join(cells) + " | n/a | n/a | n/a |"
-    for variant in ("lift", "no_dense", "precision"):
+    for variant in ("reconstruction", "error", "lift", "no_dense", "precision", "stratified"):
         assert any(line.startswith(f"| {variant} |") for line in out.splitlines()), variant
 
 

@@ -31,8 +31,16 @@ def main(smk) -> None:
         len(holdout),
         mean.to_string(index=False),
     )
+    if not smk.params.robust:
+        log.warning(
+            "attribution.mode is not robust: the sensitivity grid (robust mode) marks no row as this run's"
+        )
     grid = sensitivity(
-        inputs, general_category=smk.params.general, holdout=holdout, defaults=smk.params.defaults
+        inputs,
+        general_category=smk.params.general,
+        holdout=holdout,
+        defaults=smk.params.defaults if smk.params.robust else None,
+        eligibility=smk.params.eligibility,
     )
     grid.to_csv(smk.output.sensitivity, sep="\t", index=False)
     log.info("sensitivity:\n%s", grid.to_string(index=False))

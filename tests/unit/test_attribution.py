@@ -154,7 +154,8 @@ def _train_planted(root, feats, n_tokens=20_000, epochs=3):
     latents_df = pd.read_parquet(root / "latents.parquet")
     cc = load_crosscoder(root / "cc")
     cos, latent = best_matches(cc.W_dec.detach().numpy(), feats, stores.norm_scales)
-    return cos, latent, latents_df, betas_df
+    geometry = decoder_geometry(cc.W_dec.detach().numpy(), cc.b_dec.detach().numpy())
+    return cos, latent, latents_df, betas_df, geometry
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def planted(tmp_path_factory):
         weak = feats.indices(kind)[3:]
         getattr(feats, attr)[weak] = 0.25
         strong[weak] = False
-    cos, latent, latents_df, betas_df = _train_planted(tmp_path_factory.mktemp("planted_attr"), feats)
+    cos, latent, latents_df, betas_df, _ = _train_planted(tmp_path_factory.mktemp("planted_attr"), feats)
     return feats, strong, cos, latent, latents_df, betas_df
 
 
@@ -236,8 +237,8 @@ def test_planted_attribution_simple_mode(planted):
 def test_planted_attribution_robust_mode(planted_narrow):
     """The default: the z of the log beta ratio against the bulk flags the 4x changes (which F12's
     thresholds leave unchanged by design) and leaves the shared features alone."""
-    feats, cos, latent, latents_df, betas_df = planted_narrow
-    out = attribute(latents_df, betas_df, mode="robust", z_threshold=3.0)
+    feats, cos, latent, latents_df, betas_df, geometry = planted_narrow
+    out = attribute(latents_df, betas_df, geometry=geometry, mode="robust", z_threshold=3.0)
     kind = feats.kind
     info = _report(feats, cos, latent, out)
     amplified = np.isin(kind, ["ft_only", "base_scaled"])
@@ -311,35 +312,54 @@ def test_effect_marks_new_directions_as_disruptions():
     assert (out.loc[:19, "effect"] == 0).all()
 
 
+def _geometry(n: int, **per_probe: dict[str, float]) -> pd.DataFrame:
+    """Decoder geometry of ``n`` latents with counterpart cosine 0.9 and, per probe, the given
+    ``probe_norm2`` / ``bias_base`` / ``bias_ft`` (keys ``norm2``, ``base``, ``ft``)."""
+    g = pd.DataFrame({"latent": range(n), "base_counterpart_cos": 0.9})
+    for probe, v in per_probe.items():
+        g[f"probe_norm2_{probe}"] = v["norm2"]
+        g[f"bias_base_{probe}"] = v["base"]
+        g[f"bias_ft_{probe}"] = v["ft"]
+    return g
+
+
 def test_robust_mode_log_change_of_each_target():
     """Every target's signed log change against a hand computation (ft over base, probe by Delta,
-    the activation target without the decoder bias), and the chosen one drives z and direction."""
+    the activation target without the decoder bias), and the chosen one drives z and direction.
+    The two probes have different betas and geometry, so reading the wrong probe fails."""
     rng = np.random.default_rng(1)
     n = 40
     rows = []
     for j in range(n):
         r, e, a = np.exp(rng.normal(0, 0.05, 3))  # the bulk: small changes on every target
-        rows.append((0.6 if j % 2 else 0.4, False, 50, betas(1.0, r, 1.0, e, 1.0, a)))
+        b = betas(1.0, r, 1.0, e, 1.0, a)
+        # the probe that Delta does not choose sees something else entirely
+        b |= {(t, m, "basedec" if j % 2 else "ftdec"): 9.0 for t in ("reconstruction", "error", "activation")
+              for m in ("base", "ft")}  # fmt: skip
+        rows.append((0.6 if j % 2 else 0.4, False, 50, b))
     rows.append((0.9, False, 50, betas(1.0, 1.0, 1.0, 1.0, a_base=0.25, a_ft=1.0)))  # 40: activation only
-    rows.append((0.1, False, 50, betas(1.0, 0.2, 1.0, 1.0)))  # 41: reconstruction only, base probe
+    b41 = {(t, m, "basedec"): v for (t, m), v in betas(1.0, 0.2, 1.0, 1.0).items()}
+    b41 |= {(t, m, "ftdec"): 1.0 for t in ("reconstruction", "error", "activation") for m in ("base", "ft")}
+    rows.append((0.1, False, 50, b41))  # 41: reconstruction only, base probe (ft probe unchanged)
     lat, bet = make_frames(rows)
-    geometry = pd.DataFrame({"latent": range(n + 2), "base_counterpart_cos": 0.9})
-    for probe in ("ftdec", "basedec"):
-        geometry[f"probe_norm2_{probe}"] = 2.0
-        geometry[f"bias_base_{probe}"] = 0.5
-        geometry[f"bias_ft_{probe}"] = -0.5
+    probes = {
+        "ftdec": {"norm2": 2.0, "base": 0.5, "ft": -0.5},
+        "basedec": {"norm2": 4.0, "base": -1.0, "ft": 0.3},
+    }
+    geometry = _geometry(n + 2, **probes)
     bet["sum_f"], bet["sum_f2"] = 4.0, 8.0
-    shift = {"base": 0.5 * 4.0 / (2.0 * 8.0), "ft": -0.5 * 4.0 / (2.0 * 8.0)}  # <v, b> sum f / (|v|^2 C)
     outs = {
         t: attribute(lat, bet, geometry=geometry, target=t).set_index("latent")
         for t in ("activation", "reconstruction", "error")
     }
     for j in range(n + 2):
         row = bet.iloc[j]
+        probe = "ftdec" if lat.loc[j, "delta"] >= 0.5 else "basedec"
         for t in ("reconstruction", "error", "activation"):
-            bb, bf = row[f"beta_{t}_base_ftdec"], row[f"beta_{t}_ft_ftdec"]
-            if t == "activation":
-                bb, bf = bb - shift["base"], bf - shift["ft"]
+            bb, bf = row[f"beta_{t}_base_{probe}"], row[f"beta_{t}_ft_{probe}"]
+            if t == "activation":  # <v, b> sum f / (|v|^2 sum f^2), per model and probe
+                g = probes[probe]
+                bb, bf = bb - g["base"] * 4.0 / (g["norm2"] * 8.0), bf - g["ft"] * 4.0 / (g["norm2"] * 8.0)
             want = np.log(bf / bb)  # ft over base whichever decoder is the probe
             for out in outs.values():
                 assert out.loc[j, f"log_change_{t}"] == pytest.approx(want)
@@ -350,3 +370,31 @@ def test_robust_mode_log_change_of_each_target():
     assert outs["activation"].loc[41, "direction"] == "unchanged"
     with pytest.raises(ValueError, match="attribution.target"):
         attribute(lat, bet, target="activations")
+
+
+def test_robust_mode_degenerate_ratios_on_the_activation_target():
+    """On the default target (no decoder bias): an own beta that the bias shift makes <= 0 is no
+    ratio (NaN, ``own_beta_nonpositive``, outside the z); another model's beta <= 0 is a change
+    capped at ``z_cap``."""
+    rows = [(0.6, False, 50, betas(1.0, 1.0, 1.0, 1.0, 1.0, 1.0 + 0.01 * j)) for j in range(20)]
+    rows.append((0.9, False, 50, betas(1.0, 1.0, 1.0, 1.0, a_base=1.0, a_ft=0.2)))  # 20: own (ft) 0.2 - 0.5
+    rows.append(
+        (0.9, False, 50, betas(1.0, 1.0, 1.0, 1.0, a_base=0.3, a_ft=1.6))
+    )  # 21: other (base) 0.3 - 0.5
+    lat, bet = make_frames(rows)
+    geometry = _geometry(
+        22, ftdec={"norm2": 1.0, "base": 0.5, "ft": 0.5}, basedec={"norm2": 1.0, "base": 0.0, "ft": 0.0}
+    )
+    bet["sum_f"], bet["sum_f2"] = 1.0, 1.0  # the shift is <v, b> = 0.5 on the ft probe
+    out = attribute(lat, bet, geometry=geometry, z_cap=6.0).set_index("latent")
+    assert np.isnan(out.loc[20, "log_change"]) and out.loc[20, "reason"] == "own_beta_nonpositive"
+    assert out.loc[20, "direction"] == "unchanged" and np.isnan(out.loc[20, "change_z"])
+    assert out.loc[21, "direction"] == "amplified" and out.loc[21, "strength"] == 6.0
+    # the z's median and MAD are over the finite log changes: the bulk and latent 21, not 20
+    ref = out.loc[[*range(20), 21], "log_change"].to_numpy()
+    med = np.median(ref)
+    want = (ref - med) / (1.4826 * np.median(np.abs(ref - med)))
+    np.testing.assert_allclose(out.loc[[*range(20), 21], "change_z"], want)
+    # without the geometry the default target cannot be taken without the bias: refused, not guessed
+    with pytest.raises(ValueError, match="decoder_geometry"):
+        attribute(lat, bet)

@@ -171,6 +171,19 @@ def test_bad_organism_option_is_caught_before_any_job():
     assert "models.smollm2-bio-rmu.options: unknown key(s) 'stepz'; allowed keys: alpha," in problems(cfg)
 
 
+def test_attribution_schema_defaults_are_attributes_defaults():
+    import inspect
+
+    from mneme.attribution import attribute
+
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]["attribution"]["properties"]
+    params = inspect.signature(attribute).parameters
+    shared = set(props) & set(params)
+    assert shared >= {"mode", "target", "z_threshold", "z_cap", "min_contexts", "novelty_cos"}
+    for name in shared:
+        assert props[name]["default"] == params[name].default, name
+
+
 def test_evaluate_schema_keys_are_evaluate_pair_arguments():
     import inspect
 

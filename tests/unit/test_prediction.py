@@ -53,6 +53,7 @@ def planted_latents(seed: int = 0, n: int = 400):
             "log_change_error": np.zeros(n),
             "n_contexts": 50,
             "n_active": 100,
+            "freq": 0.01,
             "reason": "",
         }
     )
@@ -451,3 +452,49 @@ def test_suite_table_and_sensitivity():
     assert prov.loc[(100.0, 1), "side_effect_f1"] == 0.0  # nothing predicted, a chemistry miss
     # no latent has 100 contexts: no evidence at all, an uninformative score
     assert prov.loc[(1.0, 100), "side_effect_auroc"] == 0.5 and prov.loc[(1.0, 100), "side_effect_f1"] == 0
+
+
+@pytest.mark.parametrize("target", ["activation", "reconstruction", "error"])
+@pytest.mark.parametrize(("min_contexts", "z_cap"), [(1, 1e9), (5, 10.0), (20, 3.0)])
+def test_the_grids_restrength_is_what_attribute_computes(target, min_contexts, z_cap):
+    """The grid re-derives robust mode from the run's attribution.parquet: its strengths and its
+    dead latents must be those of :func:`attribute` called with the grid's setting, whatever the
+    run's own setting was (dead, rare by tokens, by frequency and by contexts, NaN betas, own
+    betas <= 0 and other betas <= 0 among the latents)."""
+    from mneme.attribution import attribute, decoder_geometry
+
+    rng = np.random.default_rng(7)
+    n, d = 300, 6
+    latents = pd.DataFrame(
+        {
+            "latent": range(n),
+            "delta": rng.uniform(0, 1, n),
+            "dead": rng.random(n) < 0.05,
+            "n_active_contexts": rng.integers(0, 40, n),
+        }
+    )
+    betas = pd.DataFrame({"latent": range(n), "n_active": rng.integers(0, 60, n)})
+    latents["freq"] = betas["n_active"] / 1000
+    for t in ("reconstruction", "error", "activation"):
+        for m in ("base", "ft"):
+            for p in ("ftdec", "basedec"):
+                col = np.exp(rng.normal(0, 0.3, n)) * np.where(rng.random(n) < 0.03, -1, 1)
+                col[rng.random(n) < 0.02] = np.nan
+                betas[f"beta_{t}_{m}_{p}"] = col
+    betas["sum_f"], betas["sum_f2"] = rng.uniform(1, 5, n), rng.uniform(5, 10, n)
+    geometry = decoder_geometry(rng.normal(size=(2, n, d)), rng.normal(size=(2, d)) * 0.1)
+    eligibility = {"min_active": 3, "min_freq": 0.004}
+    run = attribute(latents, betas, geometry=geometry, target="reconstruction", **eligibility)
+    got = _restrength(run, target, z_cap, min_contexts, **eligibility)
+    want = attribute(
+        latents,
+        betas,
+        geometry=geometry,
+        target=target,
+        z_cap=z_cap,
+        min_contexts=min_contexts,
+        **eligibility,
+    )
+    assert (want["reason"] == "rare").sum() > 0 and (want["reason"] == "own_beta_nonpositive").sum() > 0
+    np.testing.assert_array_equal(got["direction"] == "dead", want["direction"] == "dead")
+    np.testing.assert_allclose(got["strength"], want["strength"], equal_nan=True)

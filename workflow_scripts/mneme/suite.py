@@ -90,17 +90,26 @@ def suite_table(evaluations: Mapping[str, Mapping[str, Any]], holdout: Sequence[
     return pd.concat(parts, ignore_index=True)
 
 
-def _restrength(attribution: pd.DataFrame, target: str, z_cap: float, min_contexts: int) -> pd.DataFrame:
+def _restrength(
+    attribution: pd.DataFrame,
+    target: str,
+    z_cap: float,
+    min_contexts: int,
+    min_active: int = 1,
+    min_freq: float = 0.0,
+) -> pd.DataFrame:
     """The robust-mode attribution under other settings: the z of ``log_change_<target>`` over the
-    latents eligible with ``min_contexts``, its strength capped at ``z_cap`` (what
-    :func:`mneme.attribution.attribute` computes from the same betas). The directions and
-    effects stay the run's: they do not enter the grid's metrics."""
+    latents eligible with ``min_contexts`` (and the run's ``min_active`` and ``min_freq``), its
+    strength capped at ``z_cap``: what :func:`mneme.attribution.attribute` computes in robust mode
+    from the same betas (a test checks it). The directions and effects stay the run's: they do
+    not enter the grid's metrics."""
     a = attribution.copy()
     a["log_change"] = a[f"log_change_{target}"]
     n_ctx = a["n_contexts"].to_numpy()
     eligible = (
         (a["reason"].astype(str) != "dead").to_numpy()
-        & (a["n_active"].to_numpy() >= 1)
+        & (a["n_active"].to_numpy() >= min_active)
+        & (a["freq"].fillna(0.0).to_numpy(float) >= min_freq)
         & ((n_ctx < 0) | (n_ctx >= min_contexts))
     )
     z = robust_z(a["log_change"].to_numpy(float), eligible)
@@ -117,17 +126,21 @@ def sensitivity(
     general_category: str = "general",
     holdout: Sequence[str] = (),
     defaults: Mapping[str, float] | None = None,
+    eligibility: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Mean side-effect F1 / AUROC (and all-category accuracy) of each mneme route per setting,
     per group of pairs (``dev``, and ``holdout`` when some pairs are held out). ``defaults`` (the
-    config's value of each grid setting) marks the rows of the configured setting (``default``).
+    config's value of each grid setting) marks the rows of the configured setting (``default``);
+    ``eligibility`` holds the attribution's ``min_active`` and ``min_freq``, which the grid keeps.
 
     ``pairs`` maps a pair to its inputs: ``evaluation`` (the evaluation.json dict, for the ground
     truth, the target and the categories), ``attribution``, ``category_mass``, ``activation_diff``
     and optionally ``labels`` and ``context_membership`` tables.
     """
     frames = [
-        _sensitivity({p: pairs[p] for p in members}, grid, general_category).assign(group=group)
+        _sensitivity({p: pairs[p] for p in members}, grid, general_category, eligibility or {}).assign(
+            group=group
+        )
         for group, members in groups(list(pairs), holdout).items()
     ]
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -144,7 +157,10 @@ def _is(column: pd.Series, value: Any) -> np.ndarray:
 
 
 def _sensitivity(
-    pairs: Mapping[str, Mapping[str, Any]], grid: Mapping[str, Sequence[float]], general_category: str
+    pairs: Mapping[str, Mapping[str, Any]],
+    grid: Mapping[str, Sequence[float]],
+    general_category: str,
+    eligibility: Mapping[str, float],
 ) -> pd.DataFrame:
     if missing := sorted(set(GRID) - set(grid)):
         raise ValueError(
@@ -156,7 +172,7 @@ def _sensitivity(
     for values in itertools.product(*(grid[k] for k in others)):
         setting = dict(zip(others, values))
         tables = [
-            (inputs["evaluation"], _route_tables(inputs, setting, general_category))
+            (inputs["evaluation"], _route_tables(inputs, setting, general_category, eligibility))
             for inputs in pairs.values()
         ]
         for z_pred in grid["z_pred"]:
@@ -181,13 +197,20 @@ def _sensitivity(
 
 
 def _route_tables(
-    inputs: Mapping[str, Any], setting: Mapping[str, Any], general_category: str
+    inputs: Mapping[str, Any],
+    setting: Mapping[str, Any],
+    general_category: str,
+    eligibility: Mapping[str, float],
 ) -> dict[str, pd.DataFrame]:
     """mneme's per-category score tables of one pair under ``setting`` (every grid key but
     ``z_pred``; the tables are decided at z_pred 0 and re-decided by the caller)."""
     ev = inputs["evaluation"]
     attribution = _restrength(
-        inputs["attribution"], setting["target"], setting["z_cap"], int(setting["min_contexts"])
+        inputs["attribution"],
+        setting["target"],
+        setting["z_cap"],
+        int(setting["min_contexts"]),
+        **eligibility,
     )
     tables = predictor_tables(
         ev["categories"],
