@@ -61,26 +61,46 @@ def planted_latents(seed: int = 0, n: int = 400):
 
 
 def reference_scores(change: dict[int, float], weights: dict[tuple[int, str], float], cats, against=None):
-    """Straightforward loops: S_c, S_ref, the u-weighted variance, n_eff and z (module doc);
-    ``against`` names the category whose mean is the reference (a difference of two means)."""
-    u = {j: sum(w for (k, _), w in weights.items() if k == j) for j in change}
-    total = sum(u.values())
-    mean = sum(u[j] * change[j] for j in change) / total
-    var = sum(u[j] * (change[j] - mean) ** 2 for j in change) / total
+    """Straightforward loops: S_c, S_ref and the exact permutation z (module doc); ``against``
+    names the category whose mean is the reference, else the corpus mean (weights u_j). The
+    permutation population is the latents with some weight."""
+    latents = [j for j in change if any(w > 0 for (k, _), w in weights.items() if k == j)]
+    n = len(latents)
+    mean = sum(change[j] for j in latents) / n
+    sigma2 = sum((change[j] - mean) ** 2 for j in latents) / n
 
-    def mean_and_n_eff(c):
-        wc = {j: weights.get((j, c), 0.0) for j in change}
-        sw = sum(wc.values())
-        return sum(wc[j] * change[j] for j in change) / sw, sw**2 / sum(w * w for w in wc.values())
+    def shares(c):
+        wc = {j: weights.get((j, c), 0.0) for j in latents}
+        return {j: wc[j] / sum(wc.values()) for j in latents}
 
-    ref, ref_var = (
-        (mean, 0.0) if against is None else (mean_and_n_eff(against)[0], var / mean_and_n_eff(against)[1])
-    )
+    if against is None:
+        u = {j: sum(w for (k, _), w in weights.items() if k == j) for j in latents}
+        b = {j: u[j] / sum(u.values()) for j in latents}
+    else:
+        b = shares(against)
     out = {}
     for c in cats:
-        s_c, n_eff = mean_and_n_eff(c)
-        out[c] = (s_c - ref) / np.sqrt(var / n_eff + ref_var)
+        a = shares(c)
+        diff = sum((a[j] - b[j]) * change[j] for j in latents)
+        var = sigma2 * n / (n - 1) * sum((a[j] - b[j]) ** 2 for j in latents)
+        out[c] = diff / np.sqrt(var)
     return out
+
+
+def test_category_score_is_a_z_against_shuffled_changes():
+    """The score's scale is the null it claims: S_c - S_ref over many random permutations of the
+    changes over the latents has the standard deviation the score divides by (overlapping
+    memberships included: both categories share a dense latent)."""
+    rng = np.random.default_rng(3)
+    n = 60
+    change = pd.Series(rng.exponential(size=n))
+    w = pd.DataFrame({"a": rng.uniform(size=n) * (rng.random(n) < 0.5), "g": rng.uniform(size=n)})
+    w.iloc[0] = [50.0, 80.0]  # a dense latent in both
+    table = pr.category_scores(change, w, ["a"], reference="g").set_index("category")
+    a, g = (w[c].to_numpy() / w[c].sum() for c in ("a", "g"))
+    draws = np.array([(a - g) @ rng.permutation(change.to_numpy()) for _ in range(20_000)])
+    observed = (a - g) @ change.to_numpy()
+    assert table.loc["a", "score"] == pytest.approx(observed / draws.std(), rel=0.03)
 
 
 def test_category_scores_match_reference():
@@ -174,9 +194,10 @@ def test_lift_membership_matches_a_direct_reference():
 
 def test_lift_membership_ignores_a_changed_dense_latent():
     """A dense latent (mass spread like the corpus) that changed a lot is evidence for no
-    category. By raw mass it swamps every category's score and the reference alike, and the
-    planted biology effect is lost; by lift it has weight 0 everywhere and the scores are exactly
-    those without it."""
+    category. By raw mass it pulls every category's mean and the reference's alike: the lift
+    shrinks, but the z of the difference, whose null sees the shared latent on both sides, stays
+    (an independent-means null lost the planted biology effect here). By lift it has weight 0
+    everywhere and the scores are exactly those without it."""
     attribution, mass = planted_latents(seed=5)
     prior = mass.groupby("category")["mass"].sum()
     prior = prior / prior.sum()
@@ -191,8 +212,10 @@ def test_lift_membership_ignores_a_changed_dense_latent():
         return pr.category_scores(pr.eligible_change(attr), member, CATS + ["general"]).set_index("category")
 
     both = pd.concat([mass, dense], ignore_index=True)
-    assert scores(attribution, mass, "mass").loc["biology", "predicted"]
-    assert not scores(with_dense, both, "mass").loc["biology", "predicted"]
+    mass_without, mass_with = scores(attribution, mass, "mass"), scores(with_dense, both, "mass")
+    assert mass_with.loc["biology", "lift"] < 0.25 * mass_without.loc["biology", "lift"]
+    assert mass_with.loc["biology", "score"] == pytest.approx(mass_without.loc["biology", "score"], rel=0.05)
+    assert mass_with.loc["biology", "predicted"] and not mass_with.loc["law", "predicted"]
     lift_without, lift_with = scores(attribution, mass, "lift"), scores(with_dense, both, "lift")
     pd.testing.assert_frame_equal(lift_with, lift_without)
     assert lift_with.loc["biology", "predicted"] and not lift_with.loc["law", "predicted"]

@@ -30,10 +30,16 @@ Score (:func:`category_scores`): ``S_c = sum_j w_jc c_j / sum_j w_jc`` against a
   that the mapping places nowhere were tried as a stand-in: on the suite the contexts route's
   side-effect AUROC fell from 0.61 to 0.43, dev, and from 0.76 to 0.43, held out).
 
-The null is "change unrelated to membership": permuting the ``c_j`` over the latents gives
-``Var(S_c) ~ var_u(c) / n_eff_c`` with ``n_eff_c = (sum_j w_jc)^2 / sum_j w_jc^2``, so
-``z_c = (S_c - S_ref) / sqrt(var_u(c) / n_eff_c)``, with ``var_u(c) / n_eff_g`` added under the
-variance for the ``general`` reference (a difference of two means). A category is predicted
+The null is "change unrelated to membership": the ``c_j`` permuted over the latents. With
+``a_j = w_jc / sum_j w_jc`` and ``b_j`` the reference's weights normalised the same way,
+``S_c - S_ref = sum_j (a_j - b_j) c_j`` and, since ``sum_j (a_j - b_j) = 0``, its exact
+permutation variance is ``sigma^2 N / (N - 1) sum_j (a_j - b_j)^2`` (``sigma^2`` the variance of
+the ``N`` values ``c_j`` of the latents with any membership), so ``z_c = (S_c - S_ref) / sqrt(that)``. The overlap of the two
+memberships enters through ``sum_j a_j b_j``: a category and the reference share many latents
+(those active on all text), and a difference over shared latents varies less than two independent
+means would. (Before, the variance was ``var_u / n_eff_c + var_u / n_eff_ref``, the two means
+taken as independent: on the suite that put the side effects of RMU at z 0.5-1.4 against general
+text, where the exact null puts them at 3-5; see README.) A category is predicted
 when ``z_c >= z_pred`` and ``z_c > 0`` (:func:`decide`; it moved strictly more than the
 reference, so at ``z_pred`` 0 a tie predicts nothing). The latents that did not change make up most of the permutation
 population, so they are the null.
@@ -124,29 +130,35 @@ def category_scores(
     """
     c = change.dropna().astype(float)
     w = membership.reindex(c.index, fill_value=0.0)
-    u = w.sum(axis=1).to_numpy()
+    # the permutation population: the latents that belong to some category (one with no
+    # membership anywhere, e.g. a dense latent under lift weights, is evidence for nothing)
+    keep = (w.sum(axis=1) > 0).to_numpy()
+    c, w = c[keep], w[keep]
     cv = c.to_numpy()
     e = (effect.reindex(c.index).fillna(0).to_numpy(float)) if effect is not None else np.zeros(len(c))
+    # the permutation variance of sum_j d_j c_j for weights d that sum to 0
+    n = len(cv)
+    perm_var = float(cv.var()) * n / (n - 1) if n > 1 else 0.0
+    if reference is None:
+        b = _normalised(w.sum(axis=1).to_numpy())
+    else:
+        b = _normalised(w[reference].to_numpy() if reference in w.columns else np.zeros(len(c)))
+    ref = float(b @ cv) if b is not None else np.nan
     rows = []
-    total = u.sum()
-    mean = float(u @ cv / total) if total > 0 else np.nan
-    var = float(u @ (cv - mean) ** 2 / total) if total > 0 else np.nan
-    ref, ref_var = mean, 0.0
-    if reference is not None:
-        ref, n_eff_ref = _weighted_mean(w[reference].to_numpy() if reference in w.columns else None, cv)
-        ref_var = var / n_eff_ref
     for cat in categories:
         wc = w[cat].to_numpy() if cat in w.columns else np.zeros(len(c))
-        sw = float(wc.sum())
-        if sw <= 0 or not np.isfinite(ref):
+        a = _normalised(wc)
+        if a is None or b is None:
             rows.append(dict(zip(SCORE_COLUMNS, [cat, np.nan, np.nan, 0.0, 0.0, False, 0, np.nan])))
             continue
-        s_c, n_eff = _weighted_mean(wc, cv)
-        z = (s_c - ref) / np.sqrt(var / n_eff + ref_var) if var > 0 else 0.0
+        s_c, d = float(a @ cv), a - b
+        spread = perm_var * float(d @ d)
+        z = (s_c - ref) / np.sqrt(spread) if spread > 0 else 0.0
         mass = wc * cv
         signed = float(mass @ e / mass.sum()) if mass.sum() > 0 else 0.0
         lift = s_c / ref - 1 if ref > 0 else np.nan
-        rows.append(dict(zip(SCORE_COLUMNS, [cat, float(z), lift, n_eff, sw, False, 0, signed])))
+        n_eff = float(wc.sum()) ** 2 / float(wc @ wc)
+        rows.append(dict(zip(SCORE_COLUMNS, [cat, float(z), lift, n_eff, float(wc.sum()), False, 0, signed])))
     return decide(pd.DataFrame(rows, columns=SCORE_COLUMNS), z_pred)
 
 
@@ -164,12 +176,10 @@ def decide(table: pd.DataFrame, z_pred: float) -> pd.DataFrame:
     return out
 
 
-def _weighted_mean(weights: np.ndarray | None, values: np.ndarray) -> tuple[float, float]:
-    """``(sum_j w_j v_j / sum_j w_j, n_eff)``; ``(nan, nan)`` without weight."""
-    if weights is None or weights.sum() <= 0:
-        return np.nan, np.nan
-    sw = float(weights.sum())
-    return float(weights @ values / sw), sw * sw / float(weights @ weights)
+def _normalised(weights: np.ndarray) -> np.ndarray | None:
+    """``weights / sum(weights)``; ``None`` without weight."""
+    total = float(weights.sum())
+    return weights / total if total > 0 else None
 
 
 def eligible_change(attribution: pd.DataFrame, column: str = "strength") -> pd.Series:
