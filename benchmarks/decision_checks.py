@@ -10,6 +10,12 @@ re-scores the provenance route under each variant with the configured decision (
 and all-category accuracy per group, then the z of ``law`` (the most frequent false positive)
 per pair and variant. Nothing of the benchmark enters a score; the truth only scores it.
 
+Last, a diagnostic that does use the truth: for each predictor with a per-category score (mneme's
+routes, the activation difference), the best side-effect F1 that any threshold on that score
+reaches on each pair, the threshold chosen per pair with the truth. It is an upper bound on what
+a decision rule could make of the score's ranking, not a predictor: where it is high and the
+configured decision is low, the ranking is right and the threshold is what fails.
+
 Variants (each changes one thing against ``default``, the workflow's own setting):
 - ``reconstruction``, ``error``: the change is the capped robust z of the log ratio on that beta
   target instead of the configured one (``attribution.target``; ``reconstruction`` was the
@@ -124,6 +130,20 @@ def pair_scores(results: Path, pair: str) -> dict[str, tuple[dict, pd.DataFrame]
     return out
 
 
+def best_threshold_f1(truth: pd.DataFrame, table: pd.DataFrame, target: list[str]) -> float:
+    """The side-effect F1 of the best top-k cut of ``table``'s score (k >= 1), by the truth."""
+    side = truth[~truth["category"].isin(target)].set_index("category")["affected"].astype(bool)
+    score = table.set_index("category")["score"].astype(float).reindex(side.index).fillna(-np.inf)
+    hits = side.loc[score.sort_values(ascending=False, kind="stable").index].to_numpy()
+    if not hits.any():
+        return float("nan")
+    k = np.arange(1, len(hits) + 1)
+    return float(np.max(2 * np.cumsum(hits) / (k + hits.sum())))
+
+
+BEST_OF = ("mneme_provenance", "mneme_contexts", "mneme_explanations", "activation_diff")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
@@ -149,6 +169,22 @@ def main() -> None:
         for name in VARIANTS
     ]
     print(md(["variant", *pairs["pair"]], law))
+    print("\n## Best side-effect F1 of a threshold chosen per pair with the truth (an upper bound)\n")
+    best = []
+    for name in BEST_OF:
+        values = {}
+        for p in pairs["pair"]:
+            ev = json.loads((results / p / "evaluation.json").read_text())
+            if name in ev["predictors"]:
+                table = pd.DataFrame(ev["predictors"][name]["per_category"])
+                values[p] = best_threshold_f1(pd.DataFrame(ev["ground_truth"]), table, ev["target"])
+        means = []
+        for group in ("dev", "holdout"):
+            v = [values.get(p, np.nan) for p in pairs.loc[pairs["group"] == group, "pair"]]
+            v = [x for x in v if np.isfinite(x)]
+            means.append(fmt(np.mean(v)) if v else "n/a")
+        best.append([name, *(fmt(values.get(p)) for p in pairs["pair"]), *means])
+    print(md(["predictor", *pairs["pair"], "mean, dev", "mean, held out"], best))
 
 
 if __name__ == "__main__":

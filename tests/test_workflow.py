@@ -243,6 +243,8 @@ def test_decision_checks_script_reproduces_the_default(workflow):
     assert row == "| default | " + " | ".join(cells) + " | n/a | n/a | n/a |"
     for variant in ("reconstruction", "error", "lift", "no_dense", "precision", "stratified"):
         assert any(line.startswith(f"| {variant} |") for line in out.splitlines()), variant
+    assert "## Best side-effect F1 of a threshold chosen per pair" in out
+    assert any(line.startswith("| mneme_provenance |") for line in out.splitlines())
 
 
 def test_report_has_every_section(workflow):
