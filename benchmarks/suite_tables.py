@@ -1,12 +1,14 @@
 """The README's suite tables, in Markdown, from a finished suite run.
 
-    python benchmarks/suite_tables.py [--results results]
+    python benchmarks/suite_tables.py [--results results] [--subset NAME=PAIR,PAIR,...]
 
 Reads ``results/suite.tsv`` (the ``suite`` rule) and ``results/{pair}/evaluation.json`` of every
 pair in it, and prints: per pair, the target and the side effects the benchmark measured beside
 what mneme and the activation-difference baseline predict; every predictor's mean scores over
 the development and the held-out pairs; and each pair's side-effect F1 / AUROC. Nothing is
-computed here that the workflow did not write: the tables are a view of its files.
+computed here that the workflow did not write: the tables are a view of its files, except that
+``--subset`` adds the mean over a named subset of the pairs (taken as the suite's own means are:
+an undefined value is left out) beside the suite's groups.
 """
 
 from __future__ import annotations
@@ -83,12 +85,24 @@ def _pairs(suite: pd.DataFrame) -> list[str]:
     return [p for p in dict.fromkeys(suite["pair"]) if p not in MEANS]
 
 
-def scores_table(suite: pd.DataFrame) -> str:
+def with_subset(suite: pd.DataFrame, name: str, pairs: list[str]) -> pd.DataFrame:
+    """``suite`` with the mean over ``pairs`` per (predictor, scope) as pair ``name``."""
+    if missing := sorted(set(pairs) - set(_pairs(suite))):
+        raise SystemExit(f"--subset {name}: {missing} not in suite.tsv")
+    sub = suite[suite["pair"].isin(pairs)]
+    values = ["accuracy", "precision", "recall", "f1", "auroc", "spearman", "direction_accuracy"]
+    means = sub.groupby(["predictor", "scope"], sort=False).agg(
+        {"uses": "first", **dict.fromkeys(values, "mean")}
+    )
+    return pd.concat([suite, means.reset_index().assign(pair=name)], ignore_index=True)
+
+
+def scores_table(suite: pd.DataFrame, extra: tuple[str, ...] = ()) -> str:
     def get(pair: str, name: str, scope: str, metric: str) -> object:
         row = suite[(suite["pair"] == pair) & (suite["predictor"] == name) & (suite["scope"] == scope)]
         return row[metric].iloc[0] if len(row) else None
 
-    groups = [m for m in MEANS if (suite["pair"] == m).any()]
+    groups = [m for m in MEANS if (suite["pair"] == m).any()] + list(extra)
     header = ["predictor", "uses"]
     for g in groups:
         header += [
@@ -131,12 +145,19 @@ def per_pair_table(suite: pd.DataFrame) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
+    ap.add_argument("--subset", action="append", default=[], help="NAME=PAIR,PAIR,...: its mean too")
     args = ap.parse_args()
     suite = pd.read_csv(args.results / "suite.tsv", sep="\t")
+    per_pair, table = per_pair_table(suite), pair_table(suite, args.results)
+    extra = []
+    for spec in args.subset:
+        name, _, pairs = spec.partition("=")
+        suite = with_subset(suite, name, pairs.split(","))
+        extra.append(name)
     for title, text in (
-        ("Per pair", pair_table(suite, args.results)),
-        ("Scores (means over the pairs of each group)", scores_table(suite)),
-        ("Per pair, side effects", per_pair_table(suite)),
+        ("Per pair", table),
+        ("Scores (means over the pairs of each group)", scores_table(suite, tuple(extra))),
+        ("Per pair, side effects", per_pair),
     ):
         print(f"## {title}\n\n{text}\n")
 
