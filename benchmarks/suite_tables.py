@@ -5,7 +5,9 @@
 Reads ``results/suite.tsv`` (the ``suite`` rule) and ``results/{pair}/evaluation.json`` of every
 pair in it, and prints: per pair, the target and the side effects the benchmark measured beside
 what mneme and the activation-difference baseline predict; every predictor's mean scores over
-the development and the held-out pairs; and each pair's side-effect F1 / AUROC. Nothing is
+the development and the held-out pairs; each pair's side-effect F1 / AUROC; and, per group, how
+many of the side effects that were losses and of those that were gains each predictor found,
+and how many categories it predicted that did not move. Nothing is
 computed here that the workflow did not write: the tables are a view of its files, except that
 ``--subset`` adds the mean over a named subset of the pairs (taken as the suite's own means are:
 an undefined value is left out) beside the suite's groups.
@@ -142,6 +144,46 @@ def per_pair_table(suite: pd.DataFrame) -> str:
     return md(["side-effect F1 / AUROC"] + pairs, rows)
 
 
+def by_direction_table(suite: pd.DataFrame, results: Path) -> str:
+    """Per predictor and group: side-effect losses found / measured, gains found / measured,
+    false positives (side-effect categories predicted that did not move), counted over pairs."""
+    groups = {
+        g: [p for p in _pairs(suite) if (suite.loc[suite["pair"] == p, "group"] == g).any()] for g in MEAN
+    }
+    evs = {p: json.loads((results / p / "evaluation.json").read_text()) for p in _pairs(suite)}
+    rows = []
+    for name, label in NAMES.items():
+        if not any(
+            name in ev["predictors"] and ev["predictors"][name]["per_category"] for ev in evs.values()
+        ):
+            continue
+        row = [label]
+        for pairs in groups.values():
+            counts = {"lost": [0, 0], "gained": [0, 0], "fp": 0}
+            for p in pairs:
+                ev = evs[p]
+                pred = {r["category"]: r["predicted"] for r in ev["predictors"][name]["per_category"]}
+                for r in ev["ground_truth"]:
+                    if r["category"] in ev["target"]:
+                        continue
+                    hit = bool(pred.get(r["category"]))
+                    if r["affected"]:
+                        c = counts["lost" if r["delta"] < 0 else "gained"]
+                        c[0], c[1] = c[0] + hit, c[1] + 1
+                    else:
+                        counts["fp"] += hit
+            row += [
+                f"{counts['lost'][0]} / {counts['lost'][1]}",
+                f"{counts['gained'][0]} / {counts['gained'][1]}",
+            ]
+            row.append(str(counts["fp"]))
+        rows.append(row)
+    header = ["predictor"]
+    for g in groups:
+        header += [f"losses found, {g}", f"gains found, {g}", f"false positives, {g}"]
+    return md(header, rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
@@ -149,6 +191,7 @@ def main() -> None:
     args = ap.parse_args()
     suite = pd.read_csv(args.results / "suite.tsv", sep="\t")
     per_pair, table = per_pair_table(suite), pair_table(suite, args.results)
+    directions = by_direction_table(suite, args.results)
     extra = []
     for spec in args.subset:
         name, _, pairs = spec.partition("=")
@@ -158,6 +201,7 @@ def main() -> None:
         ("Per pair", table),
         ("Scores (means over the pairs of each group)", scores_table(suite, tuple(extra))),
         ("Per pair, side effects", per_pair),
+        ("Side effects found, by the way they moved (counts over the pairs of each group)", directions),
     ):
         print(f"## {title}\n\n{text}\n")
 
