@@ -10,7 +10,7 @@ the probe chosen by ``Delta`` as below (positive: the fine-tuned model expresses
 The three are written for every latent (``log_change_<target>``) and ``log_change`` is the chosen
 one. Why the activation target: the reconstruction beta is dominated by the latent's own decoder
 term, so its ratio is close to a fixed function of the two decoder vectors (a leave-one-fold-out
-jackknife over the rows puts its sampling error at 0.04-0.07 of the spread between latents); the
+jackknife over the rows puts its sampling error at 0.04-0.08 of the spread between latents); the
 activation beta also sees what the crosscoder did not reconstruct, i.e. the models' actual
 activations along the latent's direction when it fires. Most
 latents of a narrow intervention do not change, so the bulk of ``l`` is the noise of the
