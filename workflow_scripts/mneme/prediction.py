@@ -34,15 +34,15 @@ The null is "change unrelated to membership": the ``c_j`` permuted over the late
 ``a_j = w_jc / sum_j w_jc`` and ``b_j`` the reference's weights normalised the same way,
 ``S_c - S_ref = sum_j (a_j - b_j) c_j`` and, since ``sum_j (a_j - b_j) = 0``, its exact
 permutation variance is ``sigma^2 N / (N - 1) sum_j (a_j - b_j)^2`` (``sigma^2`` the variance of
-the ``N`` values ``c_j`` of the latents with any membership), so ``z_c = (S_c - S_ref) / sqrt(that)``. The overlap of the two
-memberships enters through ``sum_j a_j b_j``: a category and the reference share many latents
-(those active on all text), and a difference over shared latents varies less than two independent
-means would. (Before, the variance was ``var_u / n_eff_c + var_u / n_eff_ref``, the two means
-taken as independent: on the suite that put the side effects of RMU at z 0.5-1.4 against general
-text, where the exact null puts them at 3-5; see README.) A category is predicted
-when ``z_c >= z_pred`` and ``z_c > 0`` (:func:`decide`; it moved strictly more than the
-reference, so at ``z_pred`` 0 a tie predicts nothing). The latents that did not change make up most of the permutation
-population, so they are the null.
+the ``N`` values ``c_j`` of the latents with any membership), so ``z_c = (S_c - S_ref) /
+sqrt(that)``. The overlap of the two memberships enters through ``sum_j a_j b_j``: a category
+and the reference share many latents (those active on all text), and a difference over shared
+latents varies less than two independent means would. (Before, the variance was ``var_u /
+n_eff_c + var_u / n_eff_ref``, the two means taken as independent: on the suite that put the side
+effects of RMU at z 0.5-1.4 against general text, where the exact null puts them at 1.9-4.2; see
+README.) A category is predicted when ``z_c >= z_pred`` and ``z_c > 0`` (:func:`decide`; it
+moved strictly more than the reference, so at ``z_pred`` 0 a tie predicts nothing). The latents
+that did not change make up most of the permutation population, so they are the null.
 
 Direction: each changed latent carries an effect ``e_j`` (``-1`` a lost base feature or a new
 direction with no base counterpart, ``+1`` a strengthened existing feature; see
