@@ -8,7 +8,8 @@ for the truth, ``attribution.parquet``, ``category_mass.parquet``, ``activation_
 re-scores the provenance route under each variant with the configured decision (the
 ``reference`` and ``z_pred`` in ``evaluation.json``) and prints the mean side-effect F1, AUROC
 and all-category accuracy per group, then the z of ``law`` (the most frequent false positive)
-per pair and variant. Nothing of the benchmark enters a score; the truth only scores it.
+per pair and variant, and the rank of the pair's own target. Nothing of the benchmark enters a
+score; the truth only scores it.
 
 Last, a diagnostic that does use the truth: for each predictor with a per-category score (mneme's
 routes, the activation difference), the best side-effect F1 that any threshold on that score
@@ -44,11 +45,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "workflow_scripts"))
 sys.path.insert(0, str(HERE))
 
-from suite_tables import fmt, md  # noqa: E402 (the README tables' formatting)
+from suite_tables import fmt, fmt_rank, md  # noqa: E402 (the README tables' formatting)
 
 from mneme import prediction as pr  # noqa: E402
 from mneme.attribution import robust_z  # noqa: E402
-from mneme.evaluation import score_predictor  # noqa: E402
+from mneme.evaluation import score_predictor, target_rank  # noqa: E402
 
 # a variant maps (attribution, membership, corpus prior) to (change c_j, membership w_jc)
 Variant = Callable[[pd.DataFrame, pd.DataFrame, pd.Series], tuple[pd.Series, pd.DataFrame]]
@@ -151,6 +152,7 @@ def main() -> None:
     suite = pd.read_csv(results / "suite.tsv", sep="\t")
     pairs = suite.loc[~suite["pair"].str.startswith("mean"), ["pair", "group"]].drop_duplicates()
     scores = {p: pair_scores(results, p) for p in pairs["pair"]}
+    targets = {p: json.loads((results / p / "evaluation.json").read_text())["target"] for p in pairs["pair"]}
     rows = []
     for name in VARIANTS:
         row = [name]
@@ -158,6 +160,7 @@ def main() -> None:
             ms = [scores[p][name][0] for p in pairs.loc[pairs["group"] == group, "pair"]]
             for scope, key in (("side_effects", "f1"), ("side_effects", "auroc"), ("all", "accuracy")):
                 values = [m[scope][key] for m in ms if m[scope][key] is not None]
+                values = [v for v in values if np.isfinite(v)]  # as the suite's means: undefined left out
                 row.append(fmt(np.mean(values)) if values else "n/a")
         rows.append(row)
     groups = [f"{m}, {g}" for g in ("dev", "held out") for m in ("side-effect F1", "AUROC", "accuracy")]
@@ -169,6 +172,16 @@ def main() -> None:
         for name in VARIANTS
     ]
     print(md(["variant", *pairs["pair"]], law))
+    print("\n## Rank of the pair's own target among all categories by score (1 = top)\n")
+    ranks = [
+        [name]
+        + [
+            fmt_rank(target_rank(scores[p][name][1].set_index("category")["score"], targets[p]))
+            for p in pairs["pair"]
+        ]
+        for name in VARIANTS
+    ]
+    print(md(["variant", *pairs["pair"]], ranks))
     print("\n## Best side-effect F1 of a threshold chosen per pair with the truth (an upper bound)\n")
     best = []
     for name in BEST_OF:

@@ -7,7 +7,8 @@ pair in it, and prints: per pair, the target and the side effects the benchmark 
 what mneme and the activation-difference baseline predict; every predictor's mean scores over
 the development and the held-out pairs; each pair's side-effect F1 / AUROC; and, per group, how
 many of the side effects that were losses and of those that were gains each predictor found,
-and how many categories it predicted that did not move. Nothing is
+and how many categories it predicted that did not move; last, where each predictor ranks the
+intervention's own category and how often it predicts it. Nothing is
 computed here that the workflow did not write: the tables are a view of its files, except that
 ``--subset`` adds the mean over a named subset of the pairs (taken as the suite's own means are:
 an undefined value is left out) beside the suite's groups.
@@ -44,6 +45,11 @@ MEANS = tuple(MEAN.values())
 
 def fmt(x: object) -> str:
     return "n/a" if x is None or pd.isna(x) else f"{float(x):.2f}"
+
+
+def fmt_rank(x: object) -> str:
+    """A rank: whole numbers without decimals (a shared tie keeps its half)."""
+    return fmt(x).removesuffix(".00")
 
 
 def md(header: list[str], rows: list[list[str]]) -> str:
@@ -93,6 +99,7 @@ def with_subset(suite: pd.DataFrame, name: str, pairs: list[str]) -> pd.DataFram
         raise SystemExit(f"--subset {name}: {missing} not in suite.tsv")
     sub = suite[suite["pair"].isin(pairs)]
     values = ["accuracy", "precision", "recall", "f1", "auroc", "spearman", "direction_accuracy"]
+    values += [v for v in ("target_found", "target_rank") if v in suite.columns]
     means = sub.groupby(["predictor", "scope"], sort=False).agg(
         {"uses": "first", **dict.fromkeys(values, "mean")}
     )
@@ -144,6 +151,28 @@ def per_pair_table(suite: pd.DataFrame) -> str:
     return md(["side-effect F1 / AUROC"] + pairs, rows)
 
 
+def target_table(suite: pd.DataFrame, pairs: list[str], extra: tuple[str, ...] = ()) -> str:
+    """Per predictor: the rank of the intervention's own category among all categories by score
+    (1 = top) on each of ``pairs``, its mean rank per group, and per group the share of pairs
+    whose target was predicted."""
+    if "target_rank" not in suite.columns:
+        return "suite.tsv has no target columns (made before they existed)"
+    every = suite[suite["scope"] == "all"]
+    groups = [m for m in MEANS if (suite["pair"] == m).any()] + list(extra)
+    rows = []
+    for name, label in NAMES.items():
+        sub = every[every["predictor"] == name].set_index("pair")
+        if sub.empty:
+            continue
+        ranks = [fmt_rank(sub.at[p, "target_rank"]) if p in sub.index else "n/a" for p in pairs]
+        means = [fmt(sub.at[g, "target_rank"]) if g in sub.index else "n/a" for g in groups]
+        found = [fmt(sub.at[g, "target_found"]) if g in sub.index else "n/a" for g in groups]
+        rows.append([label, *ranks, *means, *found])
+    header = ["target rank (1 = top)", *pairs]
+    header += [f"mean rank, {g}" for g in groups] + [f"target found, {g}" for g in groups]
+    return md(header, rows)
+
+
 def by_direction_table(suite: pd.DataFrame, results: Path) -> str:
     """Per predictor and group: side-effect losses found / measured, gains found / measured,
     false positives (side-effect categories predicted that did not move), counted over pairs."""
@@ -190,7 +219,7 @@ def main() -> None:
     ap.add_argument("--subset", action="append", default=[], help="NAME=PAIR,PAIR,...: its mean too")
     args = ap.parse_args()
     suite = pd.read_csv(args.results / "suite.tsv", sep="\t")
-    per_pair, table = per_pair_table(suite), pair_table(suite, args.results)
+    per_pair, table, every_pair = per_pair_table(suite), pair_table(suite, args.results), _pairs(suite)
     directions = by_direction_table(suite, args.results)
     extra = []
     for spec in args.subset:
@@ -201,6 +230,7 @@ def main() -> None:
         ("Per pair", table),
         ("Scores (means over the pairs of each group)", scores_table(suite, tuple(extra))),
         ("Per pair, side effects", per_pair),
+        ("The intervention's own category", target_table(suite, every_pair, tuple(extra))),
         ("Side effects found, by the way they moved (counts over the pairs of each group)", directions),
     ):
         print(f"## {title}\n\n{text}\n")

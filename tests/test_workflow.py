@@ -226,6 +226,10 @@ def test_suite_tables_script_reads_the_run(workflow):
     auroc = "n/a" if side["auroc"] is None else f"{side['auroc']:.2f}"
     assert prov == f"| mneme, provenance route | {f1} / {auroc} |"
     assert "| tiny | biology (" in out and "truth, split half (noise ceiling)" in out
+    rank = result["predictors"]["mneme_provenance"]["metrics"]["target"]["rank"]
+    own = out.split("## The intervention's own category", 1)[1]
+    row = next(line for line in own.splitlines() if line.startswith("| mneme, provenance route |"))
+    assert row.split(" | ")[1] == f"{rank:.2f}".removesuffix(".00")  # a whole rank shows no decimals
 
 
 def test_decision_checks_script_reproduces_the_default(workflow):

@@ -325,6 +325,21 @@ def test_score_predictor_side_effects_and_direction():
     assert (side["tp"], side["fp"], side["fn"], side["tn"]) == (0, 1, 1, 1)
     assert side["auroc"] == pytest.approx(0.5)
     assert m["direction"] == {"accuracy": 1.0, "n": 1}
+    # the target (biology) is predicted and has the highest score
+    assert m["target"] == {"found": 1.0, "rank": 1.0, "n_categories": 4}
+    missed = ev.score_predictor(truth, pred.assign(predicted=False), target=["chemistry"])["target"]
+    assert missed["found"] == 0.0 and missed["rank"] == 3.0  # scores 5 and 3 above its 2
+
+
+def test_target_rank_shares_ties_and_ranks_nan_last():
+    s = pd.Series({"a": 3.0, "b": 3.0, "c": 1.0, "d": np.nan, "e": np.nan})
+    assert ev.target_rank(s, ["a"]) == 1.5  # tied with b: half of it counts as above
+    assert ev.target_rank(s, ["c"]) == 3.0
+    assert ev.target_rank(s, ["d"]) == 4.5  # NaN ranks lowest, tied with the other NaN
+    assert ev.target_rank(s, ["c", "a"]) == 1.5  # the best-scored target counts
+    assert np.isnan(ev.target_rank(s, ["x"]))
+    # a constant score says nothing: the target sits in the middle
+    assert ev.target_rank(pd.Series(1.0, index=list("abcde")), ["c"]) == 3.0
 
 
 def evaluation_inputs(seed: int = 0):
@@ -402,6 +417,13 @@ def test_suite_table_and_sensitivity():
         "mean_holdout": "holdout",
     }
     assert set(suite_table(evaluations)["pair"]) == {"a", "b", "c", "mean"}
+    every = table[(table["predictor"] == "mneme") & (table["scope"] == "all")].set_index("pair")
+    for pair in ("a", "b", "c"):
+        want = evaluations[pair]["predictors"]["mneme"]["metrics"]["target"]
+        assert every.loc[pair, "target_rank"] == want["rank"]
+        assert every.loc[pair, "target_found"] == want["found"]
+    assert every.loc["mean", "target_rank"] == pytest.approx(every.loc[["a", "b"], "target_rank"].mean())
+    assert mine["target_rank"].isna().all()  # the side-effect rows leave the target out
     settings = {
         "z_pred": (1.0, 100.0),
         "target": ("activation",),

@@ -137,7 +137,12 @@ def _evaluation() -> dict:
         k: {
             "uses": uses[k],
             "per_category": [],
-            "metrics": {"all": m, "side_effects": m, "direction": {"accuracy": 0.5, "n": 2}},
+            "metrics": {
+                "all": m,
+                "side_effects": m,
+                "direction": {"accuracy": 0.5, "n": 2},
+                "target": {"found": 0.0, "rank": 2.5, "n_categories": 3},
+            },
         }
         for k, m in mets.items()
     }
@@ -374,6 +379,8 @@ def test_metrics_and_prediction_sections(built):
         and "crosscoder + corpus labels" in metrics
     )
     assert '<td class="na">n/a</td>' in metrics
+    # the all-categories table says where the target ranked and whether it was predicted
+    assert "<th>target rank</th>" in metrics and '<td class="num">2.5</td>' in metrics
     prediction = _section(html, "full-prediction")
     assert "definition_loglik" in prediction and "data:image/png;base64," in prediction
     assert prediction.count("<tr>") >= 3

@@ -582,6 +582,25 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.spearmanr(x[ok], y[ok]).statistic)
 
 
+def target_rank(scores: pd.Series, target: Sequence[str]) -> float:
+    """Where the intervention's own category lands in a predictor's ranking of all categories:
+    the rank (1 = highest score) of the best-scored target category, ties shared (a category tied
+    with ``k`` others counts half of them as above it), NaN scores ranked lowest; NaN without a
+    target among ``scores``' index.
+
+    Why: a predictor that cannot find the category the intervention was aimed at has not seen the
+    intervention, and its side effects are then read off whatever else moved. Side-effect metrics
+    leave the target out, and all-category accuracy hides one miss among eleven; this shows it."""
+    s = scores.astype(float).fillna(-np.inf)
+    hit = [c for c in target if c in s.index]
+    if not hit:
+        return float("nan")
+    best = max(float(s[c]) for c in hit)
+    above = int((s > best).sum())
+    tied = int((s == best).sum()) - 1
+    return 1.0 + above + tied / 2
+
+
 def score_predictor(truth: pd.DataFrame, pred: pd.DataFrame, target: Sequence[str] = ()) -> dict[str, Any]:
     """Every metric of one predictor against the ground truth.
 
@@ -589,7 +608,9 @@ def score_predictor(truth: pd.DataFrame, pred: pd.DataFrame, target: Sequence[st
     and optionally ``score`` (for AUROC against affected and Spearman against ``|delta|``) and
     ``direction``. ``all`` covers every category, ``side_effects`` the categories outside
     ``target`` (the intervention's own categories), ``direction`` the share of categories both
-    predicted and affected whose predicted sign is right (NaN when the predictor gives none).
+    predicted and affected whose predicted sign is right (NaN when the predictor gives none),
+    ``target`` whether the intervention's own categories were predicted (``found``, the share of
+    them) and where the best of them ranks by score (``rank``, :func:`target_rank`).
     """
     t = truth.set_index(truth["category"].astype(str))
     p = pred.set_index(pred["category"].astype(str)).reindex(t.index)
@@ -610,6 +631,12 @@ def score_predictor(truth: pd.DataFrame, pred: pd.DataFrame, target: Sequence[st
         out["direction"] = {"accuracy": _div(right, int(both.sum())), "n": int(both.sum())}
     else:
         out["direction"] = {"accuracy": float("nan"), "n": int(both.sum())}
+    hit = [str(c) for c in target if str(c) in t.index]
+    out["target"] = {
+        "found": _div(int(p.loc[hit, "predicted"].fillna(False).astype(bool).sum()), len(hit)),
+        "rank": target_rank(p["score"], hit) if "score" in p else float("nan"),
+        "n_categories": len(t),
+    }
     return out
 
 
@@ -763,6 +790,10 @@ def _random_expected(truth: pd.DataFrame, target: Sequence[str]) -> dict[str, An
         m["auroc"], m["spearman"] = 0.5, 0.0
         out[name] = m
     out["direction"] = {"accuracy": float("nan"), "n": 0}
+    # each category predicted with the prevalence's probability, ranked at random
+    n = len(truth)
+    prevalence = float(truth["affected"].astype(bool).mean()) if n else float("nan")
+    out["target"] = {"found": prevalence, "rank": (n + 1) / 2, "n_categories": n}
     return out
 
 

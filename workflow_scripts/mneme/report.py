@@ -908,6 +908,12 @@ def _undefined_note(name: str, metric: str, m: Mapping[str, Any]) -> str:
 
 
 SCORE_NAMES = (*METRIC_NAMES, "auroc", "spearman")
+# the all-categories rows add the direction and the intervention's own category (found, rank)
+ALL_SCOPE_COLUMNS = [
+    ("direction_accuracy", "direction accuracy"),
+    ("target_found", "target found"),
+    ("target_rank", "target rank"),
+]
 
 
 def section_metrics(pair: PairData) -> str:
@@ -925,11 +931,13 @@ def section_metrics(pair: PairData) -> str:
             m = p["metrics"][scope]
             row = {"method": name, "uses": p.get("uses"), **m}
             if scope == "all":
-                row["direction"] = p["metrics"]["direction"]["accuracy"]
+                row["direction_accuracy"] = p["metrics"]["direction"]["accuracy"]
+                found = p["metrics"].get("target") or {}
+                row["target_found"], row["target_rank"] = found.get("found"), found.get("rank")
             rows.append(row)
             notes += [_undefined_note(f"{name} ({scope})", k, m) for k in METRIC_NAMES if m.get(k) is None]
         cols = [("method", "method"), ("uses", "uses")] + [(k, k) for k in SCORE_NAMES]
-        cols += [("direction", "direction accuracy")] if scope == "all" else []
+        cols += ALL_SCOPE_COLUMNS if scope == "all" else []
         cols += [(k, k) for k in ("tp", "fp", "fn", "tn")]
         out += f"<h4>{esc(title)}</h4>" + table(
             rows, cols, row_class=lambda r: "mneme" if r["method"] == "mneme" else ""
@@ -966,7 +974,7 @@ def section_suite(suite: pd.DataFrame | None, grid: pd.DataFrame | None) -> str:
             continue
         for scope, what in (("side_effects", "side effects"), ("all", "all categories")):
             rows = _records(mean[mean["scope"] == scope])
-            cols = SUITE_COLUMNS + ([("direction_accuracy", "direction accuracy")] if scope == "all" else [])
+            cols = SUITE_COLUMNS + (ALL_SCOPE_COLUMNS if scope == "all" else [])
             out += f"<h4>{esc(f'Mean over the {group}: {what}')}</h4>" + table(
                 rows, cols, row_class=lambda r: "mneme" if r["predictor"] == "mneme" else ""
             )

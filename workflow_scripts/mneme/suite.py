@@ -69,12 +69,16 @@ def suite_table(evaluations: Mapping[str, Mapping[str, Any]], holdout: Sequence[
                 row = {"pair": pair, "group": group, "predictor": name, "uses": p["uses"], "scope": scope}
                 row |= {k: m.get(k) for k in METRICS}
                 row["direction_accuracy"] = p["metrics"]["direction"]["accuracy"] if scope == "all" else None
+                # the intervention's own category: found (predicted) and its rank by score
+                found = p["metrics"].get("target", {})
+                row["target_found"] = found.get("found") if scope == "all" else None
+                row["target_rank"] = found.get("rank") if scope == "all" else None
                 row["tp"], row["fp"], row["fn"], row["tn"] = (m.get(k) for k in ("tp", "fp", "fn", "tn"))
                 rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    value_cols = list(METRICS) + ["direction_accuracy"]
+    value_cols = list(METRICS) + ["direction_accuracy", "target_found", "target_rank"]
     df[value_cols] = df[value_cols].astype(float)
     parts = [df]
     for group, pairs in groups(list(evaluations), holdout).items():
