@@ -385,6 +385,18 @@ def test_metrics_and_prediction_sections(built):
     assert "definition_loglik" in prediction and "data:image/png;base64," in prediction
     assert prediction.count("<tr>") >= 3
     assert "median of 2 categories" in prediction and "Δ beyond reference" in prediction
+    # the fixture's mneme ranks the target 2.5 of 3: said in the table and as a warning
+    assert "target&#x27;s rank by mneme&#x27;s score" in prediction and "2.5 of 3" in prediction
+    assert '<p class="warn">mneme' in prediction
+
+
+def test_no_target_warning_when_the_target_ranks_first():
+    ev = {"predictors": {"mneme": {"metrics": {"target": {"found": 1.0, "rank": 1.0, "n_categories": 11}}}}}
+    assert report._target_warning(ev) == ""
+    assert report._target_ranks(ev) == [("target's rank by mneme's score", "1 of 11")]
+    ev["predictors"]["mneme"]["metrics"]["target"]["rank"] = 10.0
+    assert "ranks the intervention's own category 10 of 11" in report._target_warning(ev)
+    assert report._target_warning({"predictors": {}}) == ""  # an older evaluation.json: nothing
 
 
 def test_reversal_section(built):

@@ -823,13 +823,51 @@ def section_prediction(pair: PairData) -> str:
             ("target", ", ".join(ev.get("target") or [])),
             ("Δ is beyond", ", ".join(reference) or "nothing (raw)"),
         ]
+        + _target_ranks(ev)
     )
     return (
         intro
+        + _target_warning(ev)
         + figure(
             lambda fig: _draw_prediction(fig, per, cfg.get("threshold")), (9, 3.8), "measured vs predicted"
         )
         + _prediction_table(per)
+    )
+
+
+# the predictors whose rank of the pair's own target the prediction section shows
+TARGET_RANK_OF = {"mneme": "mneme's score", "activation_diff": "the activation difference"}
+
+
+def _target_rank(ev: Mapping[str, Any], name: str) -> tuple[float | None, int | None]:
+    found = ((ev.get("predictors") or {}).get(name) or {}).get("metrics", {}).get("target") or {}
+    return found.get("rank"), found.get("n_categories")
+
+
+def _target_ranks(ev: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Where the target ranks among all categories by each predictor's score (1 = top)."""
+    out = []
+    for name, label in TARGET_RANK_OF.items():
+        rank, n = _target_rank(ev, name)
+        if rank is not None:
+            out.append((f"target's rank by {label}", f"{rank:g} of {n}"))
+    return out
+
+
+def _target_warning(ev: Mapping[str, Any]) -> str:
+    """A visible note when mneme's own score does not put the intervention's target first: the
+    target is the one category the user knows moved, so a score that misses it is a score to
+    read with that in mind (it needs no benchmark: only the pair's declared target)."""
+    rank, n = _target_rank(ev, "mneme")
+    if rank is None or rank <= 1:
+        return ""
+    other, _ = _target_rank(ev, "activation_diff")
+    beside = f"; the activation difference ranks it {other:g}" if other is not None else ""
+    return (
+        f"<p class=\"warn\">mneme's score ranks the intervention's own category {rank:g} of {n}, "
+        f"not first{esc(beside)}: the score did not single out what the intervention was aimed "
+        "at. The README's suite section says how often this happens and under which "
+        "interventions.</p>"
     )
 
 
