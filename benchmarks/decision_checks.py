@@ -27,7 +27,10 @@ Variants (each changes one thing against ``default``, the workflow's own setting
   each log ratio's noise fell with the square root of the contexts it was seen in;
 - ``stratified``: the robust z of the log ratio is taken within each fifth of the latents by
   ``n_contexts`` (median and MAD of latents seen about as often), so a rare latent's change is
-  measured against the spread of other rare latents rather than against the whole dictionary.
+  measured against the spread of other rare latents rather than against the whole dictionary;
+- ``signed``: the change keeps its sign (the capped robust z itself, amplified positive, not its
+  magnitude), so a category scores high when its latents were amplified more than general
+  text's and low when they were suppressed more.
 """
 
 from __future__ import annotations
@@ -98,6 +101,12 @@ def stratified(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple
     return pd.Series(np.minimum(np.abs(z), Z_CAP), index=live["latent"].to_numpy(int)), mass
 
 
+def signed(att: pd.DataFrame, mass: pd.DataFrame, prior: pd.Series) -> tuple[pd.Series, pd.DataFrame]:
+    live = att[(att["direction"] != "dead") & np.isfinite(att["change_z"].astype(float))]
+    z = np.clip(live["change_z"].to_numpy(float), -Z_CAP, Z_CAP)
+    return pd.Series(z, index=live["latent"].to_numpy(int)), mass
+
+
 VARIANTS: dict[str, Variant] = {
     "default": default,
     "reconstruction": _target("reconstruction"),
@@ -106,6 +115,7 @@ VARIANTS: dict[str, Variant] = {
     "no_dense": no_dense,
     "precision": precision,
     "stratified": stratified,
+    "signed": signed,
 }
 
 
