@@ -1,7 +1,8 @@
 """Offline checks of the category decision on a finished suite run: variants that were tried
 and not built, so that the README's statements about them can be re-measured.
 
-    python benchmarks/decision_checks.py [--results results]
+    python benchmarks/decision_checks.py [--results results] [--subset NAME=PAIR,PAIR,...]
+                                         [--leave-out CATEGORY]
 
 For every pair of ``results/suite.tsv`` it reads the workflow's own files (``evaluation.json``
 for the truth, ``attribution.parquet``, ``category_mass.parquet``, ``activation_diff.parquet``),
@@ -9,7 +10,10 @@ re-scores the provenance route under each variant with the configured decision (
 ``reference`` and ``z_pred`` in ``evaluation.json``) and prints the mean side-effect F1, AUROC
 and all-category accuracy per group, then the z of ``law`` (the most frequent false positive)
 per pair and variant, and the rank of the pair's own target. Nothing of the benchmark enters a
-score; the truth only scores it.
+score; the truth only scores it. ``--subset`` adds the mean over a named subset of the pairs
+beside the development and held-out groups (as ``suite_tables.py --subset``); ``--leave-out``
+scores every variant without one category (and without the pairs aimed at it), to see how much
+of a variant's score that category carries.
 
 Last, a diagnostic that does use the truth: for each predictor with a per-category score (mneme's
 routes, the activation difference), the best side-effect F1 that any threshold on that score
@@ -52,7 +56,7 @@ from suite_tables import fmt, fmt_rank, md  # noqa: E402 (the README tables' for
 
 from mneme import prediction as pr  # noqa: E402
 from mneme.attribution import robust_z  # noqa: E402
-from mneme.evaluation import score_predictor, target_rank  # noqa: E402
+from mneme.evaluation import score_predictor  # noqa: E402
 
 # a variant maps (attribution, membership, corpus prior) to (change c_j, membership w_jc)
 Variant = Callable[[pd.DataFrame, pd.DataFrame, pd.Series], tuple[pd.Series, pd.DataFrame]]
@@ -119,8 +123,11 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def pair_scores(results: Path, pair: str) -> dict[str, tuple[dict, pd.DataFrame]]:
-    """Per variant: (score_predictor's metrics, the per-category table) of one pair."""
+def pair_scores(
+    results: Path, pair: str, leave_out: str | None = None
+) -> dict[str, tuple[dict, pd.DataFrame]]:
+    """Per variant: (score_predictor's metrics, the per-category table) of one pair; with
+    ``leave_out``, that category is dropped from the truth and the table before scoring."""
     ev = json.loads((results / pair / "evaluation.json").read_text())
     cfg = ev["config"]
     general = cfg["general_category"]
@@ -129,6 +136,7 @@ def pair_scores(results: Path, pair: str) -> dict[str, tuple[dict, pd.DataFrame]
     tokens = pd.read_parquet(results / pair / "activation_diff.parquet").set_index("category")["n_tokens"]
     prior = tokens / tokens.sum()
     truth = pd.DataFrame(ev["ground_truth"])
+    truth = truth[truth["category"] != leave_out]
     reference = general if cfg.get("reference", "corpus") == "general" else None
     out = {}
     for name, variant in VARIANTS.items():
@@ -136,7 +144,8 @@ def pair_scores(results: Path, pair: str) -> dict[str, tuple[dict, pd.DataFrame]
         table = pr.category_scores(
             change, member, ev["categories"] + [general], z_pred=cfg["z_pred"], reference=reference
         )
-        table = table[table["category"].isin(ev["categories"])].reset_index(drop=True)
+        table = table[table["category"].isin(ev["categories"]) & (table["category"] != leave_out)]
+        table = table.reset_index(drop=True)
         out[name] = (score_predictor(truth, table, ev["target"]), table)
     return out
 
@@ -155,59 +164,66 @@ def best_threshold_f1(truth: pd.DataFrame, table: pd.DataFrame, target: list[str
 BEST_OF = ("mneme_provenance", "mneme_contexts", "mneme_explanations", "activation_diff")
 
 
+def mean_of(values: list) -> str:
+    """The mean of the defined values, as the suite's means are taken (undefined left out)."""
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return fmt(np.mean(v)) if v else "n/a"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
-    results = ap.parse_args().results
+    ap.add_argument("--subset", action="append", default=[], help="NAME=PAIR,PAIR,...: its mean too")
+    ap.add_argument("--leave-out", default=None, help="a category to score without")
+    args = ap.parse_args()
+    results = args.results
     suite = pd.read_csv(results / "suite.tsv", sep="\t")
     pairs = suite.loc[~suite["pair"].str.startswith("mean"), ["pair", "group"]].drop_duplicates()
-    scores = {p: pair_scores(results, p) for p in pairs["pair"]}
-    targets = {p: json.loads((results / p / "evaluation.json").read_text())["target"] for p in pairs["pair"]}
+    evs = {p: json.loads((results / p / "evaluation.json").read_text()) for p in pairs["pair"]}
+    every = [p for p in pairs["pair"] if args.leave_out not in evs[p]["target"]]
+    groups = {
+        g: [p for p in pairs.loc[pairs["group"] == g, "pair"] if p in every] for g in ("dev", "holdout")
+    }
+    for spec in args.subset:
+        name, _, members = spec.partition("=")
+        if missing := sorted(set(members.split(",")) - set(pairs["pair"])):
+            raise SystemExit(f"--subset {name}: {missing} not in suite.tsv")
+        groups[name] = [p for p in members.split(",") if p in every]
+    scores = {p: pair_scores(results, p, args.leave_out) for p in every}
     rows = []
     for name in VARIANTS:
         row = [name]
-        for group in ("dev", "holdout"):
-            ms = [scores[p][name][0] for p in pairs.loc[pairs["group"] == group, "pair"]]
+        for members in groups.values():
+            ms = [scores[p][name][0] for p in members]
             for scope, key in (("side_effects", "f1"), ("side_effects", "auroc"), ("all", "accuracy")):
-                values = [m[scope][key] for m in ms if m[scope][key] is not None]
-                values = [v for v in values if np.isfinite(v)]  # as the suite's means: undefined left out
-                row.append(fmt(np.mean(values)) if values else "n/a")
+                row.append(mean_of([m[scope][key] for m in ms]))
         rows.append(row)
-    groups = [f"{m}, {g}" for g in ("dev", "held out") for m in ("side-effect F1", "AUROC", "accuracy")]
-    print("## Provenance route, variants of the decision\n")
-    print(md(["variant", *groups], rows))
+    header = [f"{m}, {g}" for g in groups for m in ("side-effect F1", "AUROC", "accuracy")]
+    without = f" (without {args.leave_out})" if args.leave_out else ""
+    print(f"## Provenance route, variants of the decision{without}\n")
+    print(md(["variant", *header], rows))
     print("\n## z of law per pair (predicted at z >= z_pred)\n")
     law = [
-        [name] + [fmt(scores[p][name][1].set_index("category")["score"].get("law")) for p in pairs["pair"]]
+        [name] + [fmt(scores[p][name][1].set_index("category")["score"].get("law")) for p in every]
         for name in VARIANTS
     ]
-    print(md(["variant", *pairs["pair"]], law))
+    print(md(["variant", *every], law))
     print("\n## Rank of the pair's own target among all categories by score (1 = top)\n")
-    ranks = [
-        [name]
-        + [
-            fmt_rank(target_rank(scores[p][name][1].set_index("category")["score"], targets[p]))
-            for p in pairs["pair"]
-        ]
-        for name in VARIANTS
-    ]
-    print(md(["variant", *pairs["pair"]], ranks))
+    ranks = [[name] + [fmt_rank(scores[p][name][0]["target"]["rank"]) for p in every] for name in VARIANTS]
+    print(md(["variant", *every], ranks))
     print("\n## Best side-effect F1 of a threshold chosen per pair with the truth (an upper bound)\n")
     best = []
     for name in BEST_OF:
-        values = {}
-        for p in pairs["pair"]:
-            ev = json.loads((results / p / "evaluation.json").read_text())
-            if name in ev["predictors"]:
-                table = pd.DataFrame(ev["predictors"][name]["per_category"])
-                values[p] = best_threshold_f1(pd.DataFrame(ev["ground_truth"]), table, ev["target"])
-        means = []
-        for group in ("dev", "holdout"):
-            v = [values.get(p, np.nan) for p in pairs.loc[pairs["group"] == group, "pair"]]
-            v = [x for x in v if np.isfinite(x)]
-            means.append(fmt(np.mean(v)) if v else "n/a")
-        best.append([name, *(fmt(values.get(p)) for p in pairs["pair"]), *means])
-    print(md(["predictor", *pairs["pair"], "mean, dev", "mean, held out"], best))
+        values = {
+            p: best_threshold_f1(
+                pd.DataFrame(evs[p]["ground_truth"]), pd.DataFrame(ev_pred), evs[p]["target"]
+            )
+            for p in every
+            if (ev_pred := evs[p]["predictors"].get(name, {}).get("per_category"))
+        }
+        means = [mean_of([values.get(p) for p in members]) for members in groups.values()]
+        best.append([name, *(fmt(values.get(p)) for p in every), *means])
+    print(md(["predictor", *every, *(f"mean, {g}" for g in groups)], best))
 
 
 if __name__ == "__main__":

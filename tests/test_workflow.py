@@ -229,7 +229,8 @@ def test_suite_tables_script_reads_the_run(workflow):
     rank = result["predictors"]["mneme_provenance"]["metrics"]["target"]["rank"]
     own = out.split("## The intervention's own category", 1)[1]
     row = next(line for line in own.splitlines() if line.startswith("| mneme, provenance route |"))
-    assert row.split(" | ")[1] == f"{rank:.2f}".removesuffix(".00")  # a whole rank shows no decimals
+    want = "n/a" if rank is None else f"{rank:.2f}".removesuffix(".00")  # a whole rank: no decimals
+    assert row.split(" | ")[1] == want
 
 
 def test_decision_checks_script_reproduces_the_default(workflow):

@@ -336,10 +336,28 @@ def test_target_rank_shares_ties_and_ranks_nan_last():
     assert ev.target_rank(s, ["a"]) == 1.5  # tied with b: half of it counts as above
     assert ev.target_rank(s, ["c"]) == 3.0
     assert ev.target_rank(s, ["d"]) == 4.5  # NaN ranks lowest, tied with the other NaN
-    assert ev.target_rank(s, ["c", "a"]) == 1.5  # the best-scored target counts
+    assert ev.target_rank(s, ["c", "a"]) == 1.5  # the best-scored target counts...
+    assert ev.target_rank(s, ["a", "b"]) == 1.0  # ...and the other targets are left out
     assert np.isnan(ev.target_rank(s, ["x"]))
     # a constant score says nothing: the target sits in the middle
     assert ev.target_rank(pd.Series(1.0, index=list("abcde")), ["c"]) == 3.0
+
+
+def test_random_target_entry_is_the_expected_rank_of_the_best_target():
+    truth = pd.DataFrame({"category": list("abcdefghij"), "affected": [True] * 3 + [False] * 7})
+    one = ev._random_expected(truth.assign(direction=0, delta=0.0), ["a"])["target"]
+    assert one == {"found": 0.3, "rank": 5.5, "n_categories": 10}  # (n + 1) / 2 for one target
+    two = ev._random_expected(truth.assign(direction=0, delta=0.0), ["a", "b"])["target"]
+    # the reference: shuffle the ten categories, rank the better of a and b among the other eight
+    rng = np.random.default_rng(0)
+    ranks = []
+    for _ in range(20000):
+        order = list(rng.permutation(list("abcdefghij")))
+        first = min(order.index("a"), order.index("b"))
+        ranks.append(1 + sum(1 for c in order[:first] if c not in "ab"))
+    assert two["rank"] == pytest.approx(np.mean(ranks), abs=0.03)
+    none = ev._random_expected(truth.assign(direction=0, delta=0.0), [])["target"]
+    assert np.isnan(none["rank"]) and np.isnan(none["found"])  # as every predictor without a target
 
 
 def evaluation_inputs(seed: int = 0):
@@ -403,6 +421,8 @@ def test_suite_table_and_sensitivity():
         )
         evaluations[pair] = res
         pairs[pair] = {"evaluation": res, **inputs}
+    # pair b's mneme ranks its target 4th, so a mean over the wrong pairs shows
+    evaluations["b"]["predictors"]["mneme"]["metrics"]["target"]["rank"] = 4.0
     table = suite_table(evaluations, holdout=["c"])
     mine = table[(table["predictor"] == "mneme") & (table["scope"] == "side_effects")].set_index("pair")
     # the mean is over the development pairs only; the held-out pair has a mean of its own
@@ -422,7 +442,8 @@ def test_suite_table_and_sensitivity():
         want = evaluations[pair]["predictors"]["mneme"]["metrics"]["target"]
         assert every.loc[pair, "target_rank"] == want["rank"]
         assert every.loc[pair, "target_found"] == want["found"]
-    assert every.loc["mean", "target_rank"] == pytest.approx(every.loc[["a", "b"], "target_rank"].mean())
+    assert every.loc["mean", "target_rank"] == pytest.approx((every.loc["a", "target_rank"] + 4.0) / 2)
+    assert every.loc["mean_holdout", "target_rank"] == every.loc["c", "target_rank"]
     assert mine["target_rank"].isna().all()  # the side-effect rows leave the target out
     settings = {
         "z_pred": (1.0, 100.0),

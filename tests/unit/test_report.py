@@ -396,7 +396,11 @@ def test_no_target_warning_when_the_target_ranks_first():
     assert report._target_ranks(ev) == [("target's rank by mneme's score", "1 of 11")]
     ev["predictors"]["mneme"]["metrics"]["target"]["rank"] = 10.0
     assert "ranks the intervention's own category 10 of 11" in report._target_warning(ev)
-    assert report._target_warning({"predictors": {}}) == ""  # an older evaluation.json: nothing
+    ev["predictors"]["activation_diff"] = {"metrics": {"target": {"rank": 2.0, "n_categories": 11}}}
+    assert "; the activation difference ranks it 2" in report._target_warning(ev)
+    # an evaluation.json made before the target entry existed: no rank, no warning
+    older = {"predictors": {"mneme": {"metrics": {"all": {}}}}}
+    assert report._target_warning(older) == "" and report._target_ranks(older) == []
 
 
 def test_reversal_section(built):

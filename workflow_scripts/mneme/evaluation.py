@@ -10,7 +10,8 @@
   (the F13 count rule, :func:`predict`), all positive, random at prevalence, oracle.
 - :func:`score_predictor` – accuracy / precision / recall / F1, AUROC of the score against
   affected and Spearman against |change|, over all categories and over the side effects only
-  (the categories outside the pair's target), and direction accuracy.
+  (the categories outside the pair's target), direction accuracy, and whether the pair's own
+  target was found and where it ranks (:func:`target_rank`).
 
 :func:`evaluate_pair` assembles everything into one JSON-serialisable dict.
 
@@ -584,9 +585,10 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 def target_rank(scores: pd.Series, target: Sequence[str]) -> float:
     """Where the intervention's own category lands in a predictor's ranking of all categories:
-    the rank (1 = highest score) of the best-scored target category, ties shared (a category tied
-    with ``k`` others counts half of them as above it), NaN scores ranked lowest; NaN without a
-    target among ``scores``' index.
+    the rank (1 = highest score) of the best-scored target category among the categories that
+    are not targets, ties shared (a category tied with ``k`` others counts half of them as
+    above it), NaN scores ranked lowest; NaN without a target among ``scores``' index. With
+    several targets, the others are left out, so two targets on top both rank 1.
 
     Why: a predictor that cannot find the category the intervention was aimed at has not seen the
     intervention, and its side effects are then read off whatever else moved. Side-effect metrics
@@ -596,9 +598,8 @@ def target_rank(scores: pd.Series, target: Sequence[str]) -> float:
     if not hit:
         return float("nan")
     best = max(float(s[c]) for c in hit)
-    above = int((s > best).sum())
-    tied = int((s == best).sum()) - 1
-    return 1.0 + above + tied / 2
+    others = s.drop(hit)
+    return 1.0 + int((others > best).sum()) + int((others == best).sum()) / 2
 
 
 def score_predictor(truth: pd.DataFrame, pred: pd.DataFrame, target: Sequence[str] = ()) -> dict[str, Any]:
@@ -790,11 +791,22 @@ def _random_expected(truth: pd.DataFrame, target: Sequence[str]) -> dict[str, An
         m["auroc"], m["spearman"] = 0.5, 0.0
         out[name] = m
     out["direction"] = {"accuracy": float("nan"), "n": 0}
-    # each category predicted with the prevalence's probability, ranked at random
-    n = len(truth)
-    prevalence = float(truth["affected"].astype(bool).mean()) if n else float("nan")
-    out["target"] = {"found": prevalence, "rank": (n + 1) / 2, "n_categories": n}
+    out["target"] = _random_target(truth, target)
     return out
+
+
+def _random_target(truth: pd.DataFrame, target: Sequence[str]) -> dict[str, Any]:
+    """The expected target entry of a predictor that predicts each category with the
+    prevalence's probability and orders them at random. Each of the ``m`` non-target categories
+    lands above all ``k`` targets with probability ``1 / (k + 1)``, so the best target's rank
+    (:func:`target_rank`) is ``1 + m / (k + 1)`` on average; ``found`` is the prevalence. NaN,
+    as for every predictor, when the pair has no target among the categories."""
+    cats = truth["category"].astype(str)
+    k = int(cats.isin([str(c) for c in target]).sum())
+    if k == 0:
+        return {"found": float("nan"), "rank": float("nan"), "n_categories": len(truth)}
+    prevalence = float(truth["affected"].astype(bool).mean())
+    return {"found": prevalence, "rank": 1.0 + (len(truth) - k) / (k + 1), "n_categories": len(truth)}
 
 
 def evaluate_pair(

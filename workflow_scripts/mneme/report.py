@@ -840,8 +840,9 @@ TARGET_RANK_OF = {"mneme": "mneme's score", "activation_diff": "the activation d
 
 
 def _target_rank(ev: Mapping[str, Any], name: str) -> tuple[float | None, int | None]:
-    found = ((ev.get("predictors") or {}).get(name) or {}).get("metrics", {}).get("target") or {}
-    return found.get("rank"), found.get("n_categories")
+    own = ((ev.get("predictors") or {}).get(name) or {}).get("metrics", {}).get("target") or {}
+    rank = own.get("rank")
+    return (rank if rank is not None and math.isfinite(rank) else None), own.get("n_categories")
 
 
 def _target_ranks(ev: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -970,8 +971,8 @@ def section_metrics(pair: PairData) -> str:
             row = {"method": name, "uses": p.get("uses"), **m}
             if scope == "all":
                 row["direction_accuracy"] = p["metrics"]["direction"]["accuracy"]
-                found = p["metrics"].get("target") or {}
-                row["target_found"], row["target_rank"] = found.get("found"), found.get("rank")
+                own = p["metrics"].get("target") or {}
+                row["target_found"], row["target_rank"] = own.get("found"), own.get("rank")
             rows.append(row)
             notes += [_undefined_note(f"{name} ({scope})", k, m) for k in METRIC_NAMES if m.get(k) is None]
         cols = [("method", "method"), ("uses", "uses")] + [(k, k) for k in SCORE_NAMES]

@@ -56,10 +56,12 @@ def groups(pairs: Sequence[str], holdout: Sequence[str] = ()) -> dict[str, list[
 
 def suite_table(evaluations: Mapping[str, Mapping[str, Any]], holdout: Sequence[str] = ()) -> pd.DataFrame:
     """One row per (pair, predictor, scope) with every metric and the pair's ``group`` (``dev`` or
-    ``holdout``), then the mean over the development pairs per (predictor, scope) as pair ``mean``
-    and over the ``holdout`` pairs as ``mean_holdout``. An undefined value is left out of a mean; F1 is undefined only for a pair
-    with nothing to find and nothing predicted, and ``n_pairs_f1`` says over how many pairs the
-    mean F1 was taken."""
+    ``holdout``), then the mean over the development pairs per (predictor, scope) as pair
+    ``mean`` and over the ``holdout`` pairs as ``mean_holdout``. The all-categories rows also
+    carry the direction accuracy and the pair's own target (``target_found``, ``target_rank``;
+    NaN for an evaluation.json made before they existed). An undefined value is left out of a
+    mean; F1 is undefined only for a pair with nothing to find and nothing predicted, and
+    ``n_pairs_f1`` says over how many pairs the mean F1 was taken."""
     rows = []
     for pair, ev in evaluations.items():
         group = "holdout" if pair in holdout else "dev"
@@ -70,9 +72,9 @@ def suite_table(evaluations: Mapping[str, Mapping[str, Any]], holdout: Sequence[
                 row |= {k: m.get(k) for k in METRICS}
                 row["direction_accuracy"] = p["metrics"]["direction"]["accuracy"] if scope == "all" else None
                 # the intervention's own category: found (predicted) and its rank by score
-                found = p["metrics"].get("target", {})
-                row["target_found"] = found.get("found") if scope == "all" else None
-                row["target_rank"] = found.get("rank") if scope == "all" else None
+                own = p["metrics"].get("target", {})
+                row["target_found"] = own.get("found") if scope == "all" else None
+                row["target_rank"] = own.get("rank") if scope == "all" else None
                 row["tp"], row["fp"], row["fn"], row["tn"] = (m.get(k) for k in ("tp", "fp", "fn", "tn"))
                 rows.append(row)
     df = pd.DataFrame(rows)
