@@ -3,7 +3,7 @@
 #   make test   set everything up, then run the test suite
 #   make demo-reversal  the demo plus the optional reversal experiment (config/demo-reversal.yaml)
 #   make suite  the development suite of organisms (config/suites/dev.yaml): results/suite.tsv
-#   make suite-holdout  the development suite plus the nine held-out organisms (config/suites/holdout.yaml)
+#   make suite-holdout  the development suite plus the eleven held-out organisms (config/suites/holdout.yaml)
 # Both are idempotent: the environment is rebuilt only when requirements.txt changes.
 
 SHELL := /bin/bash
